@@ -1,0 +1,123 @@
+//! Shared state of the reconcilers, and the few thin functions that write status and Events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::backoff::Backoff;
+use super::status::{self, Outcome};
+use crate::aws::{BaseRoleArn, CredentialIssuer};
+use crate::crd::AWSIAMRole;
+use crate::metrics::Metrics;
+
+/// Field manager for server-side apply, and the Events' reporting controller.
+pub const MANAGER: &str = "kube-aws-iam-controller";
+
+/// Tunables of the reconcile loop.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Renew this long before expiry (at most half the session).
+    pub refresh_limit: Duration,
+    /// Prefix for bare role names.
+    pub base_role_arn: Option<BaseRoleArn>,
+    /// First retry delay after a transient failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay; also the requeue for permanent failures.
+    pub max_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            refresh_limit: Duration::from_secs(15 * 60),
+            base_role_arn: None,
+            backoff_base: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub issuer: Arc<dyn CredentialIssuer>,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub backoff: Backoff,
+}
+
+/// An Event to publish on a status transition.
+pub struct Note {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Context {
+    /// Writes the status for `outcome` if it differs from the current one, and publishes
+    /// `note` (always for `force_event`, otherwise only when the Ready condition transitions).
+    pub async fn report(
+        &self,
+        role: &AWSIAMRole,
+        outcome: Outcome,
+        note: Option<Note>,
+        force_event: bool,
+    ) -> Result<(), kube::Error> {
+        let current = role.status.as_ref();
+        let next = status::next(current, &outcome, Utc::now());
+        let transition = status::is_transition(current, &next);
+        let key = format!("{}/{}", role.namespace().unwrap_or_default(), role.name_any());
+        let expiry = next
+            .expiration
+            .as_deref()
+            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+            .map(|t| t.timestamp());
+        self.metrics
+            .role_state(&key, matches!(outcome, Outcome::Ready { .. }), expiry);
+        if current != Some(&next) {
+            let api: Api<AWSIAMRole> =
+                Api::namespaced(self.client.clone(), &role.namespace().unwrap_or_default());
+            let patch = json!({
+                "apiVersion": "zalando.org/v1",
+                "kind": "AWSIAMRole",
+                "status": next,
+            });
+            api.patch_status(
+                &role.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        }
+        if let Some(note) = note
+            && (force_event || transition)
+        {
+            self.event(role, note).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes an Event; a failure to do so is logged, never fatal.
+    pub async fn event(&self, role: &AWSIAMRole, note: Note) {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.message),
+            action: if note.warning { "Reconcile" } else { "IssueCredentials" }.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &role.object_ref(&())).await {
+            warn!(error = %e, reason = note.reason, "could not publish event");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The reconcile loop: watches AWSIAMRoles and their Secrets and keeps each Secret's credentials valid.
+
+pub mod backoff;
+pub mod context;
+pub mod janitor;
+pub mod plan;
+pub mod reconcile;
+pub mod secret;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::runtime::controller::{Config, Controller};
+use kube::api::PartialObjectMeta;
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use tracing::{info, warn};
+
+pub use context::{Context, Settings};
+
+use crate::crd::AWSIAMRole;
+
+/// Scope and pacing of the loop.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Watch one namespace only.
+    pub namespace: Option<String>,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// How often the janitor compares the caches for orphaned Secrets.
+    pub janitor_interval: Duration,
+}
+
+/// Runs until `shutdown` resolves; `ready` turns true once both watch caches are filled.
+pub async fn run(
+    ctx: Arc<Context>,
+    opts: RunOptions,
+    ready: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (roles_api, secrets_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<Secret>>) = match &opts.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+
+    let (role_store, role_writer) = reflector::store();
+    // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
+    let roles = watcher(roles_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(role_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::labels),
+            Default::default(),
+        );
+    let (secret_store, secret_writer) = reflector::store();
+    // Metadata only: the controller keeps no credentials in memory for the watch.
+    let secrets = watcher(
+        secrets_api,
+        watcher::Config::default().labels(secret::SELECTOR),
+    )
+    .default_backoff()
+    .reflect(secret_writer)
+    .touched_objects();
+
+    let readiness = {
+        let (roles, secrets) = (role_store.clone(), secret_store.clone());
+        async move {
+            if roles.wait_until_ready().await.is_ok() && secrets.wait_until_ready().await.is_ok() {
+                info!("watch caches synced");
+                ready.store(true, Ordering::SeqCst);
+            }
+        }
+    };
+    let janitor = janitor::run(
+        ctx.clone(),
+        role_store.clone(),
+        secret_store,
+        opts.janitor_interval,
+    );
+    let controller = Controller::for_stream(roles, role_store)
+        .owns_stream(secrets)
+        .with_config(Config::default().concurrency(opts.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!(error = %other, "controller"),
+                }
+            }
+        });
+    let janitor = tokio::spawn(janitor);
+    let readiness = tokio::spawn(readiness);
+    controller.await;
+    janitor.abort();
+    readiness.abort();
+}

@@ -1,0 +1,327 @@
+//! One reconcile of one AWSIAMRole: decide, issue, write the Secret, write status, requeue.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::context::{Context, MANAGER, Note};
+use super::plan::{self, Decision, IssueReason};
+use super::secret::{self, Ownership, Stored};
+use super::status::Outcome;
+use crate::aws::arn::{self, RoleArn};
+use crate::aws::{FailureKind, IssueRequest};
+use crate::crd::{AWSIAMRole, MAX_SESSION_SECONDS, MIN_SESSION_SECONDS};
+use crate::{Error, Result};
+
+fn key(role: &AWSIAMRole) -> String {
+    format!("{}/{}", role.namespace().unwrap_or_default(), role.name_any())
+}
+
+/// Entry point for the kube-rs `Controller`.
+pub async fn reconcile(role: Arc<AWSIAMRole>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_role(&role, &ctx).await;
+    ctx.metrics
+        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.backoff.reset(&key(&role));
+        ctx.metrics.set_backoff(ctx.backoff.len());
+    }
+    result
+}
+
+/// Transient failures: retry this object with exponential backoff and jitter.
+pub fn error_policy(role: Arc<AWSIAMRole>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.backoff.fail(&key(&role));
+    ctx.metrics.set_backoff(ctx.backoff.len());
+    let delay = super::backoff::delay(
+        failures,
+        ctx.settings.backoff_base,
+        ctx.settings.max_backoff,
+        rand::random::<f64>(),
+    );
+    warn!(
+        namespace = role.namespace().unwrap_or_default(),
+        name = role.name_any(),
+        error = %err,
+        failures,
+        retry_in_s = delay.as_secs_f64(),
+        "reconcile failed, backing off"
+    );
+    Action::requeue(delay)
+}
+
+async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
+    if role.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = role.namespace().unwrap_or_default();
+    let name = role.name_any();
+    let generation = role.meta().generation.unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&name).await?;
+
+    if let Some(s) = &existing
+        && secret::ownership(s, role) == Ownership::Foreign
+    {
+        let message = format!(
+            "Secret {ns}/{name} exists and is not managed by kube-aws-iam-controller; it is left untouched. Rename the AWSIAMRole or remove the Secret."
+        );
+        warn!(namespace = ns, name, "secret name conflict");
+        fail(ctx, role, "SecretConflict", message, generation).await?;
+        return Ok(Action::requeue(ctx.settings.max_backoff));
+    }
+
+    let arn = match arn::resolve(&role.spec.role_reference, ctx.settings.base_role_arn.as_ref()) {
+        Ok(arn) => arn,
+        Err(e) => {
+            warn!(namespace = ns, name, error = %e, "invalid role reference");
+            fail(ctx, role, "InvalidRoleReference", e.to_string(), generation).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let arn_text = arn.to_string();
+    let session = role
+        .spec
+        .role_session_duration
+        .clamp(MIN_SESSION_SECONDS, MAX_SESSION_SECONDS);
+    let stored = existing.as_ref().and_then(secret::read);
+    let now = Utc::now();
+    let decision = plan::decide(
+        &arn_text,
+        generation,
+        session,
+        stored.as_ref(),
+        existing.is_some(),
+        now,
+        ctx.settings.refresh_limit,
+    );
+    match (decision, stored) {
+        (Decision::Keep { refresh_at }, Some(stored)) => {
+            let desired = secret::render(role, &stored.credentials, &arn_text);
+            if existing.as_ref().is_some_and(|s| needs_repair(s, &desired)) {
+                info!(namespace = ns, name, "restoring edited secret");
+                write_secret(&secrets, existing.as_ref(), desired).await?;
+            }
+            ctx.report(role, ready(&arn_text, &stored, generation), None, false)
+                .await?;
+            Ok(Action::requeue(plan::requeue_after(
+                refresh_at,
+                now,
+                rand::random::<f64>(),
+            )))
+        }
+        (Decision::Issue(reason), stored) => {
+            issue(ctx, role, &secrets, existing.as_ref(), stored, arn, reason, session).await
+        }
+        (Decision::Keep { .. }, None) => Ok(Action::requeue(ctx.settings.backoff_base)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn issue(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    stored: Option<Stored>,
+    arn: RoleArn,
+    reason: IssueReason,
+    session: i64,
+) -> Result<Action> {
+    let ns = role.namespace().unwrap_or_default();
+    let name = role.name_any();
+    let generation = role.meta().generation.unwrap_or_default();
+    let arn_text = arn.to_string();
+    let request = IssueRequest {
+        role_arn: arn,
+        session_name: arn::session_name(&ns, &name),
+        duration_seconds: session,
+    };
+    let started = Instant::now();
+    let result = ctx.issuer.assume_role(request).await;
+    let label = match &result {
+        Ok(_) => "Success",
+        Err(e) => e.reason(),
+    };
+    ctx.metrics
+        .sts_call("AssumeRole", label, started.elapsed().as_secs_f64());
+
+    let creds = match result {
+        Ok(creds) => creds,
+        Err(e) => {
+            let kept = stored
+                .as_ref()
+                .filter(|s| s.credentials.expiration > Utc::now())
+                .map(|s| {
+                    format!(
+                        "; the Secret keeps the previous credentials, valid until {}",
+                        s.credentials
+                            .expiration
+                            .to_rfc3339_opts(SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_default();
+            warn!(namespace = ns, name, role_arn = arn_text, code = e.code, permanent = e.kind == FailureKind::Permanent, "AssumeRole failed");
+            let message = format!("AssumeRole {arn_text} failed: {e}{kept}");
+            ctx.report(
+                role,
+                Outcome::NotReady {
+                    reason: e.reason(),
+                    message: message.clone(),
+                    generation,
+                },
+                Some(Note {
+                    warning: true,
+                    reason: "GetCredentialsFailed",
+                    message,
+                }),
+                false,
+            )
+            .await?;
+            return match e.kind {
+                FailureKind::Permanent => Ok(Action::requeue(ctx.settings.max_backoff)),
+                FailureKind::Transient => Err(Error::Sts(e)),
+            };
+        }
+    };
+    if creds.expiration <= Utc::now() {
+        return Err(Error::ExpiredOnArrival(creds.expiration.to_rfc3339()));
+    }
+
+    let desired = secret::render(role, &creds, &arn_text);
+    if let Err(e) = write_secret(secrets, existing, desired).await {
+        let verb = if existing.is_some() { "Update" } else { "Create" };
+        ctx.event(
+            role,
+            Note {
+                warning: true,
+                reason: if existing.is_some() {
+                    "UpdateSecretFailed"
+                } else {
+                    "CreateSecretFailed"
+                },
+                message: format!("{verb} of Secret {ns}/{name} failed: {e}"),
+            },
+        )
+        .await;
+        return Err(e.into());
+    }
+    ctx.metrics.issued(reason.as_str());
+    let expiry = creds.expiration.to_rfc3339_opts(SecondsFormat::Secs, true);
+    info!(namespace = ns, name, role_arn = arn_text, expire = expiry, reason = reason.as_str(), "credentials issued");
+    let stored = Stored {
+        role_arn: arn_text.clone(),
+        generation,
+        credentials: creds,
+    };
+    let (event_reason, verb) = if existing.is_none() {
+        ("CreateCredentials", "Created")
+    } else {
+        ("UpdateCredentials", "Updated")
+    };
+    ctx.report(
+        role,
+        ready(&arn_text, &stored, generation),
+        Some(Note {
+            warning: false,
+            reason: event_reason,
+            message: format!("{verb} credentials for role '{arn_text}', expiry time: {expiry}"),
+        }),
+        true,
+    )
+    .await?;
+    let refresh_at =
+        stored.credentials.expiration - plan::refresh_window(session, ctx.settings.refresh_limit);
+    Ok(Action::requeue(plan::requeue_after(
+        refresh_at,
+        Utc::now(),
+        rand::random::<f64>(),
+    )))
+}
+
+fn ready(arn: &str, stored: &Stored, generation: i64) -> Outcome {
+    let expiry = stored
+        .credentials
+        .expiration
+        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    Outcome::Ready {
+        role_arn: arn.to_string(),
+        expiration: stored.credentials.expiration,
+        generation,
+        message: format!("credentials for {arn} valid until {expiry}"),
+    }
+}
+
+async fn fail(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    reason: &'static str,
+    message: String,
+    generation: i64,
+) -> Result<(), kube::Error> {
+    ctx.report(
+        role,
+        Outcome::NotReady {
+            reason,
+            message: message.clone(),
+            generation,
+        },
+        Some(Note {
+            warning: true,
+            reason,
+            message,
+        }),
+        false,
+    )
+    .await
+}
+
+/// True when the Secret's data, type, labels or owner reference differ from what we would write.
+fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
+    let labels = existing.labels();
+    let labels_ok = desired
+        .labels()
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let owners = existing.owner_references();
+    let owner_ok = desired
+        .owner_references()
+        .iter()
+        .all(|d| owners.iter().any(|o| o.uid == d.uid));
+    existing.data != desired.data || !labels_ok || !owner_ok || existing.type_ != desired.type_
+}
+
+/// Creates the Secret, or applies it with the resourceVersion we checked ownership against,
+/// so a Secret replaced in between by someone else is never overwritten.
+async fn write_secret(
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    mut desired: Secret,
+) -> Result<Secret, kube::Error> {
+    match existing {
+        None => {
+            let pp = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            };
+            secrets.create(&pp, &desired).await
+        }
+        Some(current) => {
+            desired.metadata.resource_version = current.resource_version();
+            secrets
+                .patch(
+                    &desired.name_any(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
+                .await
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The next `status` of an AWSIAMRole, with a `Ready` condition. Pure.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::crd::{AWSIAMRoleStatus, Condition};
+
+/// What the reconcile found, as far as status is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The Secret holds valid credentials for the current generation.
+    Ready {
+        role_arn: String,
+        expiration: DateTime<Utc>,
+        generation: i64,
+        message: String,
+    },
+    /// Something is wrong; whatever credentials the Secret holds stay, and so do the
+    /// status fields that describe them.
+    NotReady {
+        reason: &'static str,
+        message: String,
+        generation: i64,
+    },
+}
+
+pub const READY: &str = "Ready";
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Builds the status for `outcome`, keeping `lastTransitionTime` while the condition's status
+/// does not change.
+pub fn next(current: Option<&AWSIAMRoleStatus>, outcome: &Outcome, now: DateTime<Utc>) -> AWSIAMRoleStatus {
+    let mut status = current.cloned().unwrap_or_default();
+    let (cond_status, reason, message, generation) = match outcome {
+        Outcome::Ready {
+            role_arn,
+            expiration,
+            generation,
+            message,
+        } => {
+            status.observed_generation = Some(*generation);
+            status.role_arn = Some(role_arn.clone());
+            status.expiration = Some(time(*expiration));
+            ("True", "CredentialsIssued", message.clone(), *generation)
+        }
+        Outcome::NotReady {
+            reason,
+            message,
+            generation,
+        } => ("False", *reason, message.clone(), *generation),
+    };
+    let previous = status.conditions.iter().find(|c| c.type_ == READY);
+    let last_transition_time = match previous {
+        Some(p) if p.status == cond_status => p.last_transition_time.clone(),
+        _ => time(now),
+    };
+    let ready = Condition {
+        type_: READY.into(),
+        status: cond_status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: Some(generation),
+    };
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.push(ready);
+    status
+}
+
+/// True when `next` leaves the condition's status or reason different from `current`:
+/// such transitions, and only those, get an Event.
+pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus) -> bool {
+    let find = |s: &AWSIAMRoleStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    current.and_then(find) != find(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+    }
+
+    fn ready(exp: &str) -> Outcome {
+        Outcome::Ready {
+            role_arn: "arn:aws:iam::123456789012:role/app".into(),
+            expiration: at(exp),
+            generation: 2,
+            message: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn ready_status_describes_the_credentials() {
+        let s = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
+        assert_eq!(s.observed_generation, Some(2));
+        assert_eq!(s.role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/app"));
+        assert_eq!(s.expiration.as_deref(), Some("2026-11-26T13:00:00Z"));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.conditions[0].last_transition_time, "2026-11-26T12:00:00Z");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_does_not_change() {
+        let first = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
+        let renewed = next(Some(&first), &ready("2026-11-26T14:00:00Z"), at("2026-11-26T12:45:00Z"));
+        assert_eq!(renewed.conditions[0].last_transition_time, "2026-11-26T12:00:00Z");
+        assert_eq!(renewed.expiration.as_deref(), Some("2026-11-26T14:00:00Z"));
+        assert!(!is_transition(Some(&first), &renewed));
+    }
+
+    #[test]
+    fn failure_keeps_the_last_credentials_fields_and_flips_ready() {
+        let first = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
+        let failed = next(
+            Some(&first),
+            &Outcome::NotReady {
+                reason: "Throttled",
+                message: "slow down".into(),
+                generation: 2,
+            },
+            at("2026-11-26T12:50:00Z"),
+        );
+        assert_eq!(failed.expiration, first.expiration);
+        assert_eq!(failed.role_arn, first.role_arn);
+        assert_eq!(failed.conditions[0].status, "False");
+        assert_eq!(failed.conditions[0].reason, "Throttled");
+        assert_eq!(failed.conditions[0].last_transition_time, "2026-11-26T12:50:00Z");
+        assert!(is_transition(Some(&first), &failed));
+        let again = next(
+            Some(&failed),
+            &Outcome::NotReady {
+                reason: "Throttled",
+                message: "slow down".into(),
+                generation: 2,
+            },
+            at("2026-11-26T12:55:00Z"),
+        );
+        assert!(!is_transition(Some(&failed), &again));
+        assert_eq!(again, failed);
+    }
+}

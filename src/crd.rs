@@ -1,0 +1,95 @@
+//! The `AWSIAMRole` custom resource (`zalando.org/v1`); the CRD in `deploy/` is generated from these types.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default session length the Go controller's CRD uses.
+pub const DEFAULT_SESSION_SECONDS: i64 = 3600;
+/// STS bounds for `DurationSeconds`.
+pub const MIN_SESSION_SECONDS: i64 = 900;
+pub const MAX_SESSION_SECONDS: i64 = 43200;
+
+fn default_session_duration() -> i64 {
+    DEFAULT_SESSION_SECONDS
+}
+
+/// An AWS IAM role whose credentials the controller keeps in a Secret of the same name.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "zalando.org",
+    version = "v1",
+    kind = "AWSIAMRole",
+    plural = "awsiamroles",
+    singular = "awsiamrole",
+    shortname = "awsiamrole",
+    category = "all",
+    namespaced,
+    status = "AWSIAMRoleStatus",
+    doc = "AWSIAMRole asks the controller for credentials of an AWS IAM role, delivered in a Secret of the same name.",
+    printcolumn(name = "RoleARN", type_ = "string", json_path = ".status.roleARN"),
+    printcolumn(name = "Expiration", type_ = "string", json_path = ".status.expiration"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSIAMRoleSpec {
+    /// Role name (`my-role`), name with a path (`team/my-role`), or full role ARN.
+    /// Names are prefixed with the controller's base role ARN.
+    #[schemars(length(min = 3))]
+    pub role_reference: String,
+    /// Session length in seconds, 900 to 43200.
+    #[serde(default = "default_session_duration")]
+    #[schemars(range(min = 900, max = 43200))]
+    pub role_session_duration: i64,
+}
+
+/// What the controller last did for this role.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSIAMRoleStatus {
+    /// The generation the current credentials were issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The full ARN of the assumed role.
+    #[serde(default, rename = "roleARN", skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// When the credentials in the Secret expire (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
+    /// `Ready` says whether the Secret holds valid credentials for the current spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A standard Kubernetes condition (the subset of `metav1.Condition` this CRD uses).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339; changes only when `status` changes.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl AWSIAMRole {
+    /// The `Ready` condition, if the controller has written one.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `deploy/crd.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&AWSIAMRole::crd())
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics. Every label value is a `&'static str` from a closed set: no ARNs,
+//! names, messages or error texts ever become labels.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+fn histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// The controller's metrics and the registry that serves them.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<Labels, Counter>,
+    reconcile_duration: Histogram,
+    sts_calls: Family<Labels, Counter>,
+    sts_duration: Family<Labels, Histogram>,
+    credentials_issued: Family<Labels, Counter>,
+    roles: Family<Labels, Gauge>,
+    earliest_expiry: Gauge<f64, AtomicU64>,
+    in_backoff: Gauge,
+    leader: Gauge,
+    roles_state: Mutex<HashMap<String, RoleState>>,
+}
+
+#[derive(Clone, Copy)]
+struct RoleState {
+    ready: bool,
+    expiry: Option<i64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kaic");
+        let reconciles = Family::<Labels, Counter>::default();
+        let reconcile_duration = histogram();
+        let sts_calls = Family::<Labels, Counter>::default();
+        let sts_duration = Family::<Labels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let credentials_issued = Family::<Labels, Counter>::default();
+        let roles = Family::<Labels, Gauge>::default();
+        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
+        let in_backoff = Gauge::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles of AWSIAMRoles by result (ok, error)", reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, STS call included",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "sts_calls",
+            "STS calls by operation and result (Success or a bounded failure reason)",
+            sts_calls.clone(),
+        );
+        registry.register(
+            "sts_call_duration_seconds",
+            "STS call latency by operation, SDK retries included",
+            sts_duration.clone(),
+        );
+        registry.register(
+            "credentials_issued",
+            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, expiring)",
+            credentials_issued.clone(),
+        );
+        registry.register("awsiamroles", "AWSIAMRoles by Ready state (true, false)", roles.clone());
+        registry.register(
+            "credentials_earliest_expiry_timestamp_seconds",
+            "Unix time at which the first managed credentials expire (0 when none)",
+            earliest_expiry.clone(),
+        );
+        registry.register("objects_in_backoff", "AWSIAMRoles waiting in error backoff", in_backoff.clone());
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            sts_calls,
+            sts_duration,
+            credentials_issued,
+            roles,
+            earliest_expiry,
+            in_backoff,
+            leader,
+            roles_state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn reconciled(&self, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles.get_or_create(&vec![("result", result)]).inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    pub fn sts_call(&self, operation: &'static str, result: &'static str, seconds: f64) {
+        self.sts_calls
+            .get_or_create(&vec![("operation", operation), ("result", result)])
+            .inc();
+        self.sts_duration
+            .get_or_create(&vec![("operation", operation)])
+            .observe(seconds);
+    }
+
+    pub fn issued(&self, reason: &'static str) {
+        self.credentials_issued.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    pub fn set_backoff(&self, objects: usize) {
+        self.in_backoff.set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Records an AWSIAMRole's state (`key` is namespace/name) and refreshes the derived gauges.
+    pub fn role_state(&self, key: &str, ready: bool, expiry: Option<i64>) {
+        self.update_roles(|m| {
+            m.insert(key.to_string(), RoleState { ready, expiry });
+        });
+    }
+
+    /// Forgets a deleted AWSIAMRole.
+    pub fn forget_role(&self, key: &str) {
+        self.update_roles(|m| {
+            m.remove(key);
+        });
+    }
+
+    fn update_roles(&self, f: impl FnOnce(&mut HashMap<String, RoleState>)) {
+        let Ok(mut m) = self.roles_state.lock() else {
+            return;
+        };
+        f(&mut m);
+        let ready = m.values().filter(|s| s.ready).count();
+        self.roles
+            .get_or_create(&vec![("ready", "true")])
+            .set(i64::try_from(ready).unwrap_or(i64::MAX));
+        self.roles
+            .get_or_create(&vec![("ready", "false")])
+            .set(i64::try_from(m.len() - ready).unwrap_or(i64::MAX));
+        let earliest = m.values().filter_map(|s| s.expiry).min().unwrap_or(0);
+        self.earliest_expiry.set(earliest as f64);
+    }
+
+    /// Keys of the AWSIAMRoles currently tracked.
+    pub fn tracked_roles(&self) -> Vec<String> {
+        self.roles_state
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_bounded_labels() {
+        let m = Metrics::new();
+        m.reconciled(true, 0.01);
+        m.sts_call("AssumeRole", "Success", 0.2);
+        m.issued("missing");
+        m.role_state("ns/a", true, Some(2000));
+        m.role_state("ns/b", false, Some(1000));
+        let text = m.render();
+        assert!(text.contains("kaic_reconciles_total{result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("kaic_sts_calls_total{operation=\"AssumeRole\",result=\"Success\"} 1"));
+        assert!(text.contains("kaic_credentials_issued_total{reason=\"missing\"} 1"));
+        assert!(text.contains("kaic_awsiamroles{ready=\"true\"} 1"));
+        assert!(text.contains("kaic_credentials_earliest_expiry_timestamp_seconds 1000"));
+        m.forget_role("ns/b");
+        assert!(m.render().contains("kaic_credentials_earliest_expiry_timestamp_seconds 2000"));
+    }
+}
