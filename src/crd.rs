@@ -22,7 +22,7 @@ fn default_session_duration() -> i64 {
     kind = "AWSIAMRole",
     plural = "awsiamroles",
     singular = "awsiamrole",
-    shortname = "awsiamrole",
+    shortname = "iamrole",
     category = "all",
     namespaced,
     status = "AWSIAMRoleStatus",

@@ -1,0 +1,596 @@
+//! Test harness: a real etcd + kube-apiserver (client-certificate admin, RBAC on) and moto's
+//! STS server on free 127.0.0.1 ports, one set per test binary; a namespace per test; the
+//! controller run in-process or as the built binary; a kubelet-faithful Secret volume.
+//!
+//! Every process is started under a small watchdog shell that kills it when the test binary
+//! exits, however it exits (end, panic, timeout, SIGKILL), so nothing is left running.
+#![allow(dead_code)]
+
+pub mod sts_double;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Config};
+use tokio::sync::{OnceCell, oneshot};
+
+use kube_aws_iam_controller::aws::CredentialIssuer;
+use kube_aws_iam_controller::aws::sts::{StsIssuer, https_client};
+use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
+use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::metrics::Metrics;
+
+pub const ACCOUNT: &str = "123456789012";
+pub const BASE_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/";
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("KAIC_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kube-aws-iam-controller"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+const WATCHDOG: &str = r#"
+parent=$1; shift
+"$@" &
+child=$!
+trap 'kill $child 2>/dev/null; wait $child; exit 0' TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
+kill "$child" 2>/dev/null
+for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$child" 2>/dev/null || break; sleep 0.2; done
+kill -9 "$child" 2>/dev/null
+wait "$child"
+[ -n "$KAIC_CLEANUP_DIR" ] && rm -rf "$KAIC_CLEANUP_DIR"
+"#;
+
+/// Starts `program` under the watchdog; its output goes to `log`.
+pub fn spawn_watched(program: &Path, args: &[String], log: &Path, envs: &[(&str, String)]) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("watchdog")
+        .arg(std::process::id().to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+}
+
+fn check_binary(path: &Path, fix: &str) {
+    let ok = Command::new(path)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{} is missing or does not run. Fix: {fix} (or run the README's test command, which does)",
+        path.display()
+    );
+}
+
+/// Where the control plane binaries are.
+pub fn control_plane_dir() -> PathBuf {
+    std::env::var_os("KAIC_CONTROL_PLANE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("control-plane").join("v1.37.2"))
+}
+
+/// The Python virtual environment with moto, boto3 and the AWS CLI.
+pub fn venv() -> PathBuf {
+    if let Some(v) = std::env::var_os("KAIC_VENV") {
+        return PathBuf::from(v);
+    }
+    let out = Command::new(repo().join("scripts/python-env.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/python-env.sh runs");
+    assert!(out.status.success(), "scripts/python-env.sh failed: cannot create the Python environment (moto, boto3, AWS CLI)");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The shared local control plane and moto, started once per test binary.
+pub struct Env {
+    pub dir: PathBuf,
+    pub api_url: String,
+    pub ca_pem: String,
+    pub admin_cert_pem: String,
+    pub admin_key_pem: String,
+    pub kubeconfig: PathBuf,
+    pub moto_endpoint: String,
+    pub venv: PathBuf,
+    pub etcd_url: String,
+    apiserver_args: Vec<String>,
+}
+
+static ENV: OnceCell<Env> = OnceCell::const_new();
+
+/// The control plane for this test binary (started on first use).
+pub async fn env() -> &'static Env {
+    ENV.get_or_init(start_env).await
+}
+
+fn certs(dir: &Path) -> (String, String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.distinguished_name.push(DnType::CommonName, "kaic-test-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca, ca_key);
+
+    let serving_key = KeyPair::generate().expect("key");
+    let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
+    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving_cert = serving.signed_by(&serving_key, &issuer).expect("serving cert");
+
+    let admin_key = KeyPair::generate().expect("key");
+    let mut admin = CertificateParams::new(Vec::<String>::new()).expect("params");
+    admin.distinguished_name.push(DnType::CommonName, "admin");
+    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = admin.signed_by(&admin_key, &issuer).expect("admin cert");
+
+    let sa_key = KeyPair::generate().expect("sa key");
+    for (name, content) in [
+        ("ca.crt", ca_cert.pem()),
+        ("serving.crt", serving_cert.pem()),
+        ("serving.key", serving_key.serialize_pem()),
+        ("sa.key", sa_key.serialize_pem()),
+        ("sa.pub", sa_key.public_key_pem()),
+    ] {
+        std::fs::write(dir.join(name), content).expect("write cert");
+    }
+    (ca_cert.pem(), admin_cert.pem(), admin_key.serialize_pem(), String::new(), String::new())
+}
+
+async fn start_env() -> Env {
+    let cp = control_plane_dir();
+    check_binary(&cp.join("etcd"), "scripts/build-control-plane.sh");
+    check_binary(&cp.join("kube-apiserver"), "scripts/build-control-plane.sh");
+    let venv = venv();
+    assert!(
+        venv.join("bin/moto_server").exists(),
+        "moto_server missing in {}. Fix: scripts/python-env.sh",
+        venv.display()
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("kaic-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let (ca_pem, admin_cert_pem, admin_key_pem, _, _) = certs(&dir);
+
+    let etcd_port = free_port();
+    let peer_port = free_port();
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let etcd_data = dir.join("etcd");
+    spawn_watched(
+        &cp.join("etcd"),
+        &[
+            format!("--data-dir={}", etcd_data.display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ],
+        &dir.join("etcd.log"),
+        &[("KAIC_CLEANUP_DIR", dir.display().to_string())],
+    );
+
+    let api_port = free_port();
+    let api_url = format!("https://127.0.0.1:{api_port}");
+    let d = |f: &str| dir.join(f).display().to_string();
+    let apiserver_args = vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".into(),
+        format!("--secure-port={api_port}"),
+        "--advertise-address=127.0.0.1".into(),
+        "--endpoint-reconciler-type=none".into(),
+        format!("--cert-dir={}", d("certs")),
+        format!("--tls-cert-file={}", d("serving.crt")),
+        format!("--tls-private-key-file={}", d("serving.key")),
+        format!("--client-ca-file={}", d("ca.crt")),
+        "--authorization-mode=RBAC".into(),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        format!("--service-account-issuer={api_url}/"),
+        format!("--service-account-key-file={}", d("sa.pub")),
+        format!("--service-account-signing-key-file={}", d("sa.key")),
+        "--disable-admission-plugins=ServiceAccount".into(),
+        "--allow-privileged=true".into(),
+    ];
+    let env_ = Env {
+        kubeconfig: dir.join("kubeconfig"),
+        dir: dir.clone(),
+        api_url,
+        ca_pem,
+        admin_cert_pem,
+        admin_key_pem,
+        moto_endpoint: String::new(),
+        venv: venv.clone(),
+        etcd_url,
+        apiserver_args,
+    };
+    wait_for_etcd(&env_.etcd_url).await;
+    env_.start_apiserver().await;
+
+    let moto_port = free_port();
+    spawn_watched(
+        &venv.join("bin/moto_server"),
+        &["-H".into(), "127.0.0.1".into(), "-p".into(), moto_port.to_string()],
+        &dir.join("moto.log"),
+        &[],
+    );
+    let moto_endpoint = format!("http://127.0.0.1:{moto_port}");
+    wait_for_tcp(moto_port, "moto_server", &dir.join("moto.log")).await;
+    let env_ = Env { moto_endpoint, ..env_ };
+    env_.write_kubeconfig();
+    install_crd(&env_.client().await).await;
+    env_
+}
+
+async fn wait_for_tcp(port: u16, what: &str, log: &Path) {
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "{what} did not start on 127.0.0.1:{port} within 60s; its log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+async fn wait_for_etcd(url: &str) {
+    let port: u16 = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd port");
+    for _ in 0..300 {
+        if let Ok(body) = http_get(port, "/health").await
+            && body.contains("true")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("etcd did not become healthy at {url} within 60s");
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1 returning "STATUS BODY" (for etcd, moto and the admin server).
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("timeout"))??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("").to_string();
+    Ok(format!("{status} {body}"))
+}
+
+impl Env {
+    /// Starts (or restarts) kube-apiserver against the same etcd and waits until it serves.
+    pub async fn start_apiserver(&self) -> Child {
+        let cp = control_plane_dir();
+        let log = self.dir.join("kube-apiserver.log");
+        let child = spawn_watched(&cp.join("kube-apiserver"), &self.apiserver_args, &log, &[]);
+        let client = self.client().await;
+        for _ in 0..600 {
+            let req = http::Request::get("/readyz").body(Vec::new()).expect("request");
+            if client.request_text(req).await.is_ok_and(|b| b.trim() == "ok") {
+                let ns: Api<Namespace> = Api::all(client.clone());
+                if ns.get_opt("default").await.ok().flatten().is_some() {
+                    return child;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "kube-apiserver did not become ready within 120s; last log lines:\n{}",
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    fn write_kubeconfig(&self) {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: local\n  context: {{cluster: local, user: admin}}\ncurrent-context: local\n",
+            self.api_url,
+            b64(&self.ca_pem),
+            b64(&self.admin_cert_pem),
+            b64(&self.admin_key_pem)
+        );
+        std::fs::write(&self.kubeconfig, kc).expect("write kubeconfig");
+    }
+
+    /// A client authenticated as the admin user (system:masters).
+    pub async fn client(&self) -> Client {
+        let mut config = Config::new(self.api_url.parse().expect("url"));
+        config.root_cert = Some(vec![pem_der(&self.ca_pem)]);
+        config.auth_info.client_certificate_data = Some(base64_std(&self.admin_cert_pem));
+        config.auth_info.client_key_data = Some(base64_std(&self.admin_key_pem).into());
+        config.connect_timeout = Some(Duration::from_secs(10));
+        Client::try_from(config).expect("kube client")
+    }
+
+    /// A client authenticated with a bearer token (e.g. a ServiceAccount's).
+    pub fn token_client(&self, token: &str) -> Client {
+        let mut config = Config::new(self.api_url.parse().expect("url"));
+        config.root_cert = Some(vec![pem_der(&self.ca_pem)]);
+        config.auth_info.token = Some(token.to_string().into());
+        Client::try_from(config).expect("kube client")
+    }
+
+    /// A fresh namespace for one test.
+    pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", rand_suffix());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.clone());
+        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        name
+    }
+}
+
+fn base64_std(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("pem body")
+}
+
+pub fn rand_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..6)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect()
+}
+
+async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(repo().join("deploy/crd.yaml")).expect("deploy/crd.yaml");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("crd yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = kube::api::PatchParams::apply("kaic-tests").force();
+    api.patch("awsiamroles.zalando.org", &pp, &kube::api::Patch::Apply(&crd))
+        .await
+        .expect("install CRD");
+    let roles: Api<AWSIAMRole> = Api::all(client.clone());
+    wait_for("the AWSIAMRole CRD to be served", || async {
+        roles.list(&Default::default()).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+/// Polls `f` every 200 ms until it returns `Some`; panics after a generous 90 s.
+pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_within(what, Duration::from_secs(90), f).await
+}
+
+pub async fn wait_for_within<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An STS client configuration the way the controller builds it, against a local STS.
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            Credentials::new("AKIDCONTROLLER000000", "controller-secret", None, None, "test"),
+        ))
+        .http_client(https_client())
+        .build()
+}
+
+pub fn sts_issuer(endpoint: &str) -> Arc<dyn CredentialIssuer> {
+    Arc::new(StsIssuer::new(&sdk_config(endpoint), Duration::from_secs(30)))
+}
+
+/// Settings for tests: the production defaults with short backoffs.
+pub fn test_settings() -> Settings {
+    Settings {
+        refresh_limit: Duration::from_secs(15 * 60),
+        base_role_arn: Some(BASE_ROLE_ARN.parse().expect("base")),
+        backoff_base: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(5),
+    }
+}
+
+/// The controller running in-process, scoped to one namespace.
+pub struct Running {
+    pub ctx: Arc<Context>,
+    pub ready: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the controller and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub async fn run_controller(client: &Client, ns: &str, issuer: Arc<dyn CredentialIssuer>, settings: Settings) -> Running {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        issuer,
+        settings,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kube-aws-iam-controller".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        metrics: Arc::new(Metrics::new()),
+        backoff: Backoff::default(),
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = oneshot::channel::<()>();
+    let opts = RunOptions {
+        namespace: Some(ns.to_string()),
+        concurrency: 4,
+        janitor_interval: Duration::from_millis(500),
+    };
+    let task = tokio::spawn(controller::run(ctx.clone(), opts, ready.clone(), async move {
+        let _ = rx.await;
+    }));
+    Running {
+        ctx,
+        ready,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// Decoded `data` of a Secret.
+pub fn data(secret: &Secret, key: &str) -> String {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        .unwrap_or_default()
+}
+
+/// Lays out a Secret's data in `dir` exactly as the kubelet's AtomicWriter does: a timestamped
+/// directory with the files, `..data` pointing at it (swapped atomically), and one symlink per
+/// key into `..data`. Call again to update.
+pub fn project_secret(dir: &Path, secret: &Secret) {
+    use std::os::unix::fs::symlink;
+    std::fs::create_dir_all(dir).expect("volume dir");
+    let stamp = format!(
+        "..{}.{}",
+        chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S"),
+        rand::random::<u32>()
+    );
+    let ts_dir = dir.join(&stamp);
+    std::fs::create_dir(&ts_dir).expect("timestamp dir");
+    let data = secret.data.clone().unwrap_or_default();
+    for (k, v) in &data {
+        std::fs::write(ts_dir.join(k), &v.0).expect("write key");
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&stamp, &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for k in data.keys() {
+        let link = dir.join(k);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(k), &link).expect("key symlink");
+        }
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+}
+
+/// Runs `program` with `dir` bind-mounted at `/meta/aws-iam` in a private mount namespace,
+/// the view a container with the Secret volume has.
+pub fn in_pod_view(dir: &Path, program: &str, args: &[&str]) -> Command {
+    std::fs::create_dir_all("/meta/aws-iam").expect("create /meta/aws-iam mount point (run as root)");
+    let mut cmd = Command::new("unshare");
+    cmd.arg("--mount")
+        .arg("--propagation")
+        .arg("private")
+        .arg("sh")
+        .arg("-c")
+        .arg("mount --bind \"$0\" /meta/aws-iam && exec \"$@\"")
+        .arg(dir)
+        .arg(program)
+        .args(args);
+    cmd
+}
+
+/// An AWSIAMRole object.
+pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
+    AWSIAMRole::new(
+        name,
+        kube_aws_iam_controller::crd::AWSIAMRoleSpec {
+            role_reference: reference.to_string(),
+            role_session_duration: duration,
+        },
+    )
+}
