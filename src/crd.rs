@@ -15,6 +15,8 @@ fn default_session_duration() -> i64 {
 }
 
 /// An AWS IAM role whose credentials the controller keeps in a Secret of the same name.
+// NOTE: clippy reads the repeated `type_ = "string"` of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "zalando.org",
@@ -28,9 +30,21 @@ fn default_session_duration() -> i64 {
     status = "AWSIAMRoleStatus",
     doc = "AWSIAMRole asks the controller for credentials of an AWS IAM role, delivered in a Secret of the same name.",
     printcolumn(name = "RoleARN", type_ = "string", json_path = ".status.roleARN"),
-    printcolumn(name = "Expiration", type_ = "string", json_path = ".status.expiration"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Expiration",
+        type_ = "string",
+        json_path = ".status.expiration"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AWSIAMRoleSpec {

@@ -41,9 +41,9 @@ async fn kube_client(args: &Args) -> Result<kube::Client> {
                 .await
                 .map_err(|e| Error::Config(format!("kubeconfig {path}: {e}")))?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Config(format!("no in-cluster or kubeconfig configuration: {e}")))?,
+        None => kube::Config::infer().await.map_err(|e| {
+            Error::Config(format!("no in-cluster or kubeconfig configuration: {e}"))
+        })?,
     };
     if let Some(url) = &args.kube.apiserver {
         config.cluster_url = url

@@ -51,13 +51,18 @@ impl Metrics {
         let reconciles = Family::<Labels, Counter>::default();
         let reconcile_duration = histogram();
         let sts_calls = Family::<Labels, Counter>::default();
-        let sts_duration = Family::<Labels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let sts_duration =
+            Family::<Labels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         let credentials_issued = Family::<Labels, Counter>::default();
         let roles = Family::<Labels, Gauge>::default();
         let earliest_expiry = Gauge::<f64, AtomicU64>::default();
         let in_backoff = Gauge::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Reconciles of AWSIAMRoles by result (ok, error)", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles of AWSIAMRoles by result (ok, error)",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time one reconcile took, STS call included",
@@ -78,14 +83,26 @@ impl Metrics {
             "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, expiring)",
             credentials_issued.clone(),
         );
-        registry.register("awsiamroles", "AWSIAMRoles by Ready state (true, false)", roles.clone());
+        registry.register(
+            "awsiamroles",
+            "AWSIAMRoles by Ready state (true, false)",
+            roles.clone(),
+        );
         registry.register(
             "credentials_earliest_expiry_timestamp_seconds",
             "Unix time at which the first managed credentials expire (0 when none)",
             earliest_expiry.clone(),
         );
-        registry.register("objects_in_backoff", "AWSIAMRoles waiting in error backoff", in_backoff.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "objects_in_backoff",
+            "AWSIAMRoles waiting in error backoff",
+            in_backoff.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -112,7 +129,9 @@ impl Metrics {
 
     pub fn reconciled(&self, ok: bool, seconds: f64) {
         let result = if ok { "ok" } else { "error" };
-        self.reconciles.get_or_create(&vec![("result", result)]).inc();
+        self.reconciles
+            .get_or_create(&vec![("result", result)])
+            .inc();
         self.reconcile_duration.observe(seconds);
     }
 
@@ -126,11 +145,14 @@ impl Metrics {
     }
 
     pub fn issued(&self, reason: &'static str) {
-        self.credentials_issued.get_or_create(&vec![("reason", reason)]).inc();
+        self.credentials_issued
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     pub fn set_backoff(&self, objects: usize) {
-        self.in_backoff.set(i64::try_from(objects).unwrap_or(i64::MAX));
+        self.in_backoff
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -189,12 +211,20 @@ mod tests {
         m.role_state("ns/a", true, Some(2000));
         m.role_state("ns/b", false, Some(1000));
         let text = m.render();
-        assert!(text.contains("kaic_reconciles_total{result=\"ok\"} 1"), "{text}");
-        assert!(text.contains("kaic_sts_calls_total{operation=\"AssumeRole\",result=\"Success\"} 1"));
+        assert!(
+            text.contains("kaic_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kaic_sts_calls_total{operation=\"AssumeRole\",result=\"Success\"} 1")
+        );
         assert!(text.contains("kaic_credentials_issued_total{reason=\"missing\"} 1"));
         assert!(text.contains("kaic_awsiamroles{ready=\"true\"} 1"));
         assert!(text.contains("kaic_credentials_earliest_expiry_timestamp_seconds 1000"));
         m.forget_role("ns/b");
-        assert!(m.render().contains("kaic_credentials_earliest_expiry_timestamp_seconds 2000"));
+        assert!(
+            m.render()
+                .contains("kaic_credentials_earliest_expiry_timestamp_seconds 2000")
+        );
     }
 }

@@ -56,21 +56,26 @@ impl fmt::Display for BaseRoleArn {
 /// Why a role reference or ARN is not usable. Messages are shown to users in status and Events.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ArnError {
-    #[error("{0:?} is not an IAM role ARN of the form arn:<partition>:iam::<12-digit account>:role/<name>")]
+    #[error(
+        "{0:?} is not an IAM role ARN of the form arn:<partition>:iam::<12-digit account>:role/<name>"
+    )]
     Malformed(String),
     #[error("partition {0:?} is not supported (supported: aws, aws-cn, aws-us-gov)")]
     Partition(String),
-    #[error("role name or path {0:?} is invalid: segments must be 1-64 characters of letters, digits and +=,.@_-")]
+    #[error(
+        "role name or path {0:?} is invalid: segments must be 1-64 characters of letters, digits and +=,.@_-"
+    )]
     Name(String),
-    #[error("role reference {0:?} is a bare name but the controller has no base role ARN (--base-role-arn)")]
+    #[error(
+        "role reference {0:?} is a bare name but the controller has no base role ARN (--base-role-arn)"
+    )]
     NoBase(String),
 }
 
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
 }
 
@@ -219,20 +224,32 @@ mod tests {
     #[test]
     fn name_with_a_path_keeps_the_path() {
         let arn = resolve("team/sub/app", Some(&base())).expect("resolve");
-        assert_eq!(arn.to_string(), "arn:aws:iam::123456789012:role/team/sub/app");
+        assert_eq!(
+            arn.to_string(),
+            "arn:aws:iam::123456789012:role/team/sub/app"
+        );
         assert_eq!(arn.name(), "app");
     }
 
     #[test]
     fn base_arn_accepts_paths_and_missing_trailing_slash() {
-        let b: BaseRoleArn = "arn:aws-cn:iam::123456789012:role/k8s".parse().expect("base");
+        let b: BaseRoleArn = "arn:aws-cn:iam::123456789012:role/k8s"
+            .parse()
+            .expect("base");
         assert_eq!(b.to_string(), "arn:aws-cn:iam::123456789012:role/k8s/");
         let b: BaseRoleArn = "arn:aws:iam::123456789012:role".parse().expect("base");
         assert_eq!(b.to_string(), "arn:aws:iam::123456789012:role/");
         assert_eq!(
-            resolve("x/app", Some(&"arn:aws-us-gov:iam::123456789012:role/k8s/".parse().expect("b")))
-                .expect("resolve")
-                .to_string(),
+            resolve(
+                "x/app",
+                Some(
+                    &"arn:aws-us-gov:iam::123456789012:role/k8s/"
+                        .parse()
+                        .expect("b")
+                )
+            )
+            .expect("resolve")
+            .to_string(),
             "arn:aws-us-gov:iam::123456789012:role/k8s/x/app"
         );
     }
@@ -260,8 +277,14 @@ mod tests {
             resolve("arn:aws:iam::123456789012:user/app", None),
             Err(ArnError::Malformed(_))
         ));
-        assert!(matches!(resolve("team//app", Some(&base())), Err(ArnError::Name(_))));
-        assert!(matches!(resolve("bad name", Some(&base())), Err(ArnError::Name(_))));
+        assert!(matches!(
+            resolve("team//app", Some(&base())),
+            Err(ArnError::Name(_))
+        ));
+        assert!(matches!(
+            resolve("bad name", Some(&base())),
+            Err(ArnError::Name(_))
+        ));
         assert!(matches!(
             resolve(&"a".repeat(65), Some(&base())),
             Err(ArnError::Name(_))
@@ -302,8 +325,9 @@ mod tests {
     #[test]
     fn session_names_only_use_characters_sts_accepts() {
         let s = session_name("ns", "a:b/c");
-        assert!(s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c)));
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+        );
     }
 }

@@ -62,11 +62,14 @@ impl IssueError {
     pub fn reason(&self) -> &'static str {
         match self.code.as_str() {
             "AccessDenied" => "AccessDenied",
-            "ValidationError" | "MalformedPolicyDocument" | "PackedPolicyTooLarge" => "InvalidRequest",
-            "RegionDisabledException" => "RegionDisabled",
-            "ExpiredToken" | "ExpiredTokenException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
-                "ControllerCredentialsInvalid"
+            "ValidationError" | "MalformedPolicyDocument" | "PackedPolicyTooLarge" => {
+                "InvalidRequest"
             }
+            "RegionDisabledException" => "RegionDisabled",
+            "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch" => "ControllerCredentialsInvalid",
             "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => "Throttled",
             "Timeout" => "Timeout",
             "Network" => "NetworkError",
@@ -78,5 +81,8 @@ impl IssueError {
 
 /// Issues credentials for a role; the STS implementation is in [`sts`], tests may provide others.
 pub trait CredentialIssuer: Send + Sync {
-    fn assume_role(&self, req: IssueRequest) -> BoxFuture<'_, Result<IssuedCredentials, IssueError>>;
+    fn assume_role(
+        &self,
+        req: IssueRequest,
+    ) -> BoxFuture<'_, Result<IssuedCredentials, IssueError>>;
 }

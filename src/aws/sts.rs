@@ -24,7 +24,9 @@ pub struct StsSettings {
 /// The HTTPS client all AWS calls use: hyper + rustls with the `ring` provider.
 pub fn https_client() -> aws_sdk_sts::config::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
         .build_https()
 }
 
@@ -87,11 +89,9 @@ impl StsIssuer {
             message: format!("AssumeRole response has no {what}"),
         };
         let creds = out.credentials.ok_or_else(|| invalid("credentials"))?;
-        let expiration = DateTime::<Utc>::from_timestamp(
-            creds.expiration.secs(),
-            creds.expiration.subsec_nanos(),
-        )
-        .ok_or_else(|| invalid("valid expiration"))?;
+        // Whole seconds, as AWS STS returns them; any fraction is dropped (earlier, never later).
+        let expiration = DateTime::<Utc>::from_timestamp(creds.expiration.secs(), 0)
+            .ok_or_else(|| invalid("valid expiration"))?;
         if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
             return Err(invalid("access key"));
         }
@@ -105,7 +105,10 @@ impl StsIssuer {
 }
 
 impl CredentialIssuer for StsIssuer {
-    fn assume_role(&self, req: IssueRequest) -> BoxFuture<'_, Result<IssuedCredentials, IssueError>> {
+    fn assume_role(
+        &self,
+        req: IssueRequest,
+    ) -> BoxFuture<'_, Result<IssuedCredentials, IssueError>> {
         Box::pin(self.assume(req))
     }
 }
@@ -128,11 +131,18 @@ where
             let code = se.err().code().unwrap_or("Unknown").to_string();
             let message = se.err().message().unwrap_or("").to_string();
             let kind = match code.as_str() {
-                "AccessDenied" | "ValidationError" | "MalformedPolicyDocument" | "PackedPolicyTooLarge"
+                "AccessDenied"
+                | "ValidationError"
+                | "MalformedPolicyDocument"
+                | "PackedPolicyTooLarge"
                 | "RegionDisabledException" => FailureKind::Permanent,
                 _ => FailureKind::Transient,
             };
-            IssueError { kind, code, message }
+            IssueError {
+                kind,
+                code,
+                message,
+            }
         }
         SdkError::TimeoutError(_) => IssueError {
             kind: FailureKind::Transient,
@@ -152,8 +162,9 @@ where
         SdkError::ConstructionFailure(_) => IssueError {
             kind: FailureKind::Transient,
             code: "ControllerConfig".into(),
-            message: "the STS request could not be built (no credentials or region for the controller?)"
-                .into(),
+            message:
+                "the STS request could not be built (no credentials or region for the controller?)"
+                    .into(),
         },
         _ => IssueError {
             kind: FailureKind::Transient,

@@ -72,7 +72,11 @@ impl Context {
         let current = role.status.as_ref();
         let next = status::next(current, &outcome, Utc::now());
         let transition = status::is_transition(current, &next);
-        let key = format!("{}/{}", role.namespace().unwrap_or_default(), role.name_any());
+        let key = format!(
+            "{}/{}",
+            role.namespace().unwrap_or_default(),
+            role.name_any()
+        );
         let expiry = next
             .expiration
             .as_deref()
@@ -113,7 +117,12 @@ impl Context {
             },
             reason: note.reason.into(),
             note: Some(note.message),
-            action: if note.warning { "Reconcile" } else { "IssueCredentials" }.into(),
+            action: if note.warning {
+                "Reconcile"
+            } else {
+                "IssueCredentials"
+            }
+            .into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &role.object_ref(&())).await {

@@ -37,7 +37,11 @@ pub fn orphans(
 
 /// One pass: delete orphans (with UID and resourceVersion preconditions) and forget the
 /// metrics of deleted roles.
-pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<PartialObjectMeta<Secret>>) {
+pub async fn sweep(
+    ctx: &Context,
+    roles: &Store<AWSIAMRole>,
+    secrets: &Store<PartialObjectMeta<Secret>>,
+) {
     let role_keys: HashSet<(String, String)> = roles
         .state()
         .iter()
@@ -69,14 +73,15 @@ pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<Par
     }
 }
 
-/// Sweeps every `interval` once both caches are filled.
+/// Sweeps every `interval` once `synced` says both caches are filled.
 pub async fn run(
     ctx: Arc<Context>,
     roles: Store<AWSIAMRole>,
     secrets: Store<PartialObjectMeta<Secret>>,
+    mut synced: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
 ) {
-    if roles.wait_until_ready().await.is_err() || secrets.wait_until_ready().await.is_err() {
+    if synced.wait_for(|s| *s).await.is_err() {
         return;
     }
     let mut tick = tokio::time::interval(interval);
@@ -100,7 +105,12 @@ mod tests {
         };
         if let Some(kind) = owner_kind {
             meta.owner_references = Some(vec![OwnerReference {
-                api_version: if kind == "AWSIAMRole" { "zalando.org/v1" } else { "apps/v1" }.into(),
+                api_version: if kind == "AWSIAMRole" {
+                    "zalando.org/v1"
+                } else {
+                    "apps/v1"
+                }
+                .into(),
                 kind: kind.into(),
                 name: name.into(),
                 uid: "u".into(),

@@ -16,9 +16,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::controller::{Config, Controller};
 use kube::api::PartialObjectMeta;
+use kube::runtime::controller::{Config, Controller};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use context::{Context, Settings};
@@ -44,15 +45,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (roles_api, secrets_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<Secret>>) = match &opts.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (roles_api, secrets_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<Secret>>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
+
+    // NOTE: `Store::wait_until_ready` wakes only one of several waiters (the Controller is
+    // one already), so cache sync is observed on the watch streams themselves.
+    let (roles_synced_tx, roles_synced) = watch::channel(false);
+    let (secrets_synced_tx, secrets_synced) = watch::channel(false);
+    let (synced_tx, synced) = watch::channel(false);
 
     let (role_store, role_writer) = reflector::store();
     // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
     let roles = watcher(roles_api, watcher::Config::default())
         .default_backoff()
+        .inspect(move |ev| mark_synced(ev, &roles_synced_tx))
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(
@@ -66,22 +78,23 @@ pub async fn run(
         watcher::Config::default().labels(secret::SELECTOR),
     )
     .default_backoff()
+    .inspect(move |ev| mark_synced(ev, &secrets_synced_tx))
     .reflect(secret_writer)
     .touched_objects();
 
-    let readiness = {
-        let (roles, secrets) = (role_store.clone(), secret_store.clone());
-        async move {
-            if roles.wait_until_ready().await.is_ok() && secrets.wait_until_ready().await.is_ok() {
-                info!("watch caches synced");
-                ready.store(true, Ordering::SeqCst);
-            }
+    let readiness = async move {
+        let (mut r, mut s) = (roles_synced, secrets_synced);
+        if r.wait_for(|v| *v).await.is_ok() && s.wait_for(|v| *v).await.is_ok() {
+            info!("watch caches synced");
+            ready.store(true, Ordering::SeqCst);
+            let _ = synced_tx.send(true);
         }
     };
     let janitor = janitor::run(
         ctx.clone(),
         role_store.clone(),
         secret_store,
+        synced,
         opts.janitor_interval,
     );
     let controller = Controller::for_stream(roles, role_store)
@@ -102,4 +115,10 @@ pub async fn run(
     controller.await;
     janitor.abort();
     readiness.abort();
+}
+
+fn mark_synced<K>(ev: &Result<watcher::Event<K>, watcher::Error>, tx: &watch::Sender<bool>) {
+    if matches!(ev, Ok(watcher::Event::InitDone)) {
+        let _ = tx.send(true);
+    }
 }

@@ -153,7 +153,15 @@ mod tests {
             Decision::Issue(IssueReason::SpecChanged)
         );
         assert_eq!(
-            decide("arn:aws:iam::123456789012:role/other", 1, 3600, Some(&stored(3000, 1)), true, now(), LIMIT),
+            decide(
+                "arn:aws:iam::123456789012:role/other",
+                1,
+                3600,
+                Some(&stored(3000, 1)),
+                true,
+                now(),
+                LIMIT
+            ),
             Decision::Issue(IssueReason::SpecChanged)
         );
     }

@@ -20,7 +20,11 @@ use crate::crd::{AWSIAMRole, MAX_SESSION_SECONDS, MIN_SESSION_SECONDS};
 use crate::{Error, Result};
 
 fn key(role: &AWSIAMRole) -> String {
-    format!("{}/{}", role.namespace().unwrap_or_default(), role.name_any())
+    format!(
+        "{}/{}",
+        role.namespace().unwrap_or_default(),
+        role.name_any()
+    )
 }
 
 /// Entry point for the kube-rs `Controller`.
@@ -78,7 +82,10 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(ctx.settings.max_backoff));
     }
 
-    let arn = match arn::resolve(&role.spec.role_reference, ctx.settings.base_role_arn.as_ref()) {
+    let arn = match arn::resolve(
+        &role.spec.role_reference,
+        ctx.settings.base_role_arn.as_ref(),
+    ) {
         Ok(arn) => arn,
         Err(e) => {
             warn!(namespace = ns, name, error = %e, "invalid role reference");
@@ -118,7 +125,17 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
             )))
         }
         (Decision::Issue(reason), stored) => {
-            issue(ctx, role, &secrets, existing.as_ref(), stored, arn, reason, session).await
+            issue(
+                ctx,
+                role,
+                &secrets,
+                existing.as_ref(),
+                stored,
+                arn,
+                reason,
+                session,
+            )
+            .await
         }
         (Decision::Keep { .. }, None) => Ok(Action::requeue(ctx.settings.backoff_base)),
     }
@@ -168,7 +185,14 @@ async fn issue(
                     )
                 })
                 .unwrap_or_default();
-            warn!(namespace = ns, name, role_arn = arn_text, code = e.code, permanent = e.kind == FailureKind::Permanent, "AssumeRole failed");
+            warn!(
+                namespace = ns,
+                name,
+                role_arn = arn_text,
+                code = e.code,
+                permanent = e.kind == FailureKind::Permanent,
+                "AssumeRole failed"
+            );
             let message = format!("AssumeRole {arn_text} failed: {e}{kept}");
             ctx.report(
                 role,
@@ -197,7 +221,11 @@ async fn issue(
 
     let desired = secret::render(role, &creds, &arn_text);
     if let Err(e) = write_secret(secrets, existing, desired).await {
-        let verb = if existing.is_some() { "Update" } else { "Create" };
+        let verb = if existing.is_some() {
+            "Update"
+        } else {
+            "Create"
+        };
         ctx.event(
             role,
             Note {
@@ -215,7 +243,14 @@ async fn issue(
     }
     ctx.metrics.issued(reason.as_str());
     let expiry = creds.expiration.to_rfc3339_opts(SecondsFormat::Secs, true);
-    info!(namespace = ns, name, role_arn = arn_text, expire = expiry, reason = reason.as_str(), "credentials issued");
+    info!(
+        namespace = ns,
+        name,
+        role_arn = arn_text,
+        expire = expiry,
+        reason = reason.as_str(),
+        "credentials issued"
+    );
     let stored = Stored {
         role_arn: arn_text.clone(),
         generation,

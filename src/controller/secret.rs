@@ -122,7 +122,11 @@ pub enum Ownership {
 
 pub fn ownership(secret: &Secret, role: &AWSIAMRole) -> Ownership {
     let uid = role.meta().uid.as_deref();
-    let refs = secret.metadata.owner_references.as_deref().unwrap_or_default();
+    let refs = secret
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
     // An owner reference to this AWSIAMRole, or to an earlier AWSIAMRole of the same name
     // (deleted and created again before the old Secret was cleaned up).
     let ours = |r: &OwnerReference| {
@@ -160,7 +164,9 @@ fn text<'a>(data: &'a BTreeMap<String, ByteString>, key: &str) -> Option<&'a str
 pub fn read(secret: &Secret) -> Option<Stored> {
     let data = secret.data.as_ref()?;
     let json: ProcessCredentials = serde_json::from_str(text(data, CREDENTIALS_JSON_KEY)?).ok()?;
-    let expiration = DateTime::parse_from_rfc3339(&json.expiration).ok()?.with_timezone(&Utc);
+    let expiration = DateTime::parse_from_rfc3339(&json.expiration)
+        .ok()?
+        .with_timezone(&Utc);
     let generation = text(data, GENERATION_KEY)?.trim().parse().ok()?;
     let role_arn = text(data, ROLE_ARN_KEY)?.to_string();
     if json.version != 1 || json.access_key_id.is_empty() || json.secret_access_key.is_empty() {
@@ -260,7 +266,10 @@ mod tests {
     fn damaged_secrets_are_not_trusted() {
         let mut sec = render(&role(), &creds(), "arn:aws:iam::123456789012:role/app");
         if let Some(d) = sec.data.as_mut() {
-            d.insert(CREDENTIALS_JSON_KEY.into(), ByteString(b"{not json".to_vec()));
+            d.insert(
+                CREDENTIALS_JSON_KEY.into(),
+                ByteString(b"{not json".to_vec()),
+            );
         }
         assert!(read(&sec).is_none());
         let mut sec = render(&role(), &creds(), "arn:aws:iam::123456789012:role/app");
@@ -276,7 +285,10 @@ mod tests {
         assert_eq!(ownership(&sec, &role()), Ownership::Foreign);
         sec.metadata.labels = Some(
             [
-                ("heritage".to_string(), "kube-aws-iam-controller".to_string()),
+                (
+                    "heritage".to_string(),
+                    "kube-aws-iam-controller".to_string(),
+                ),
                 ("type".to_string(), "awsiamrole".to_string()),
             ]
             .into(),

@@ -31,7 +31,11 @@ fn time(t: DateTime<Utc>) -> String {
 
 /// Builds the status for `outcome`, keeping `lastTransitionTime` while the condition's status
 /// does not change.
-pub fn next(current: Option<&AWSIAMRoleStatus>, outcome: &Outcome, now: DateTime<Utc>) -> AWSIAMRoleStatus {
+pub fn next(
+    current: Option<&AWSIAMRoleStatus>,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> AWSIAMRoleStatus {
     let mut status = current.cloned().unwrap_or_default();
     let (cond_status, reason, message, generation) = match outcome {
         Outcome::Ready {
@@ -86,7 +90,9 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
     }
 
     fn ready(exp: &str) -> Outcome {
@@ -100,9 +106,16 @@ mod tests {
 
     #[test]
     fn ready_status_describes_the_credentials() {
-        let s = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
+        let s = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
         assert_eq!(s.observed_generation, Some(2));
-        assert_eq!(s.role_arn.as_deref(), Some("arn:aws:iam::123456789012:role/app"));
+        assert_eq!(
+            s.role_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/app")
+        );
         assert_eq!(s.expiration.as_deref(), Some("2026-11-26T13:00:00Z"));
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(s.conditions[0].status, "True");
@@ -111,16 +124,31 @@ mod tests {
 
     #[test]
     fn transition_time_is_kept_while_the_status_does_not_change() {
-        let first = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
-        let renewed = next(Some(&first), &ready("2026-11-26T14:00:00Z"), at("2026-11-26T12:45:00Z"));
-        assert_eq!(renewed.conditions[0].last_transition_time, "2026-11-26T12:00:00Z");
+        let first = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
+        let renewed = next(
+            Some(&first),
+            &ready("2026-11-26T14:00:00Z"),
+            at("2026-11-26T12:45:00Z"),
+        );
+        assert_eq!(
+            renewed.conditions[0].last_transition_time,
+            "2026-11-26T12:00:00Z"
+        );
         assert_eq!(renewed.expiration.as_deref(), Some("2026-11-26T14:00:00Z"));
         assert!(!is_transition(Some(&first), &renewed));
     }
 
     #[test]
     fn failure_keeps_the_last_credentials_fields_and_flips_ready() {
-        let first = next(None, &ready("2026-11-26T13:00:00Z"), at("2026-11-26T12:00:00Z"));
+        let first = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
         let failed = next(
             Some(&first),
             &Outcome::NotReady {
@@ -134,7 +162,10 @@ mod tests {
         assert_eq!(failed.role_arn, first.role_arn);
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "Throttled");
-        assert_eq!(failed.conditions[0].last_transition_time, "2026-11-26T12:50:00Z");
+        assert_eq!(
+            failed.conditions[0].last_transition_time,
+            "2026-11-26T12:50:00Z"
+        );
         assert!(is_transition(Some(&first), &failed));
         let again = next(
             Some(&failed),

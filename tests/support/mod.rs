@@ -5,6 +5,8 @@
 //! Every process is started under a small watchdog shell that kills it when the test binary
 //! exits, however it exits (end, panic, timeout, SIGKILL), so nothing is left running.
 #![allow(dead_code)]
+// The watchdog shells live exactly as long as the test binary; nothing waits for them.
+#![allow(clippy::zombie_processes)]
 
 pub mod sts_double;
 
@@ -41,7 +43,10 @@ pub fn repo() -> PathBuf {
 fn cache_dir() -> PathBuf {
     std::env::var_os("KAIC_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kube-aws-iam-controller"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/kube-aws-iam-controller")
+        })
 }
 
 pub fn free_port() -> u16 {
@@ -65,7 +70,12 @@ wait "$child"
 "#;
 
 /// Starts `program` under the watchdog; its output goes to `log`.
-pub fn spawn_watched(program: &Path, args: &[String], log: &Path, envs: &[(&str, String)]) -> Child {
+pub fn spawn_watched(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    envs: &[(&str, String)],
+) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new("bash");
@@ -114,7 +124,10 @@ pub fn venv() -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("scripts/python-env.sh runs");
-    assert!(out.status.success(), "scripts/python-env.sh failed: cannot create the Python environment (moto, boto3, AWS CLI)");
+    assert!(
+        out.status.success(),
+        "scripts/python-env.sh failed: cannot create the Python environment (moto, boto3, AWS CLI)"
+    );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -140,25 +153,41 @@ pub async fn env() -> &'static Env {
 }
 
 fn certs(dir: &Path) -> (String, String, String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.distinguished_name.push(DnType::CommonName, "kaic-test-ca");
+    ca.distinguished_name
+        .push(DnType::CommonName, "kaic-test-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
     let issuer = Issuer::new(ca, ca_key);
 
     let serving_key = KeyPair::generate().expect("key");
-    let mut serving = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    let mut serving =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving_cert = serving.signed_by(&serving_key, &issuer).expect("serving cert");
+    let serving_cert = serving
+        .signed_by(&serving_key, &issuer)
+        .expect("serving cert");
 
     let admin_key = KeyPair::generate().expect("key");
     let mut admin = CertificateParams::new(Vec::<String>::new()).expect("params");
     admin.distinguished_name.push(DnType::CommonName, "admin");
-    admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin_cert = admin.signed_by(&admin_key, &issuer).expect("admin cert");
 
@@ -172,7 +201,13 @@ fn certs(dir: &Path) -> (String, String, String, String, String) {
     ] {
         std::fs::write(dir.join(name), content).expect("write cert");
     }
-    (ca_cert.pem(), admin_cert.pem(), admin_key.serialize_pem(), String::new(), String::new())
+    (
+        ca_cert.pem(),
+        admin_cert.pem(),
+        admin_key.serialize_pem(),
+        String::new(),
+        String::new(),
+    )
 }
 
 async fn start_env() -> Env {
@@ -251,13 +286,21 @@ async fn start_env() -> Env {
     let moto_port = free_port();
     spawn_watched(
         &venv.join("bin/moto_server"),
-        &["-H".into(), "127.0.0.1".into(), "-p".into(), moto_port.to_string()],
+        &[
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            moto_port.to_string(),
+        ],
         &dir.join("moto.log"),
         &[],
     );
     let moto_endpoint = format!("http://127.0.0.1:{moto_port}");
     wait_for_tcp(moto_port, "moto_server", &dir.join("moto.log")).await;
-    let env_ = Env { moto_endpoint, ..env_ };
+    let env_ = Env {
+        moto_endpoint,
+        ..env_
+    };
     env_.write_kubeconfig();
     install_crd(&env_.client().await).await;
     env_
@@ -265,7 +308,10 @@ async fn start_env() -> Env {
 
 async fn wait_for_tcp(port: u16, what: &str, log: &Path) {
     for _ in 0..300 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -277,7 +323,11 @@ async fn wait_for_tcp(port: u16, what: &str, log: &Path) {
 }
 
 async fn wait_for_etcd(url: &str) {
-    let port: u16 = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd port");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("etcd port");
     for _ in 0..300 {
         if let Ok(body) = http_get(port, "/health").await
             && body.contains("true")
@@ -293,15 +343,21 @@ async fn wait_for_etcd(url: &str) {
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await
         .map_err(|_| std::io::Error::other("timeout"))??;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_string();
     Ok(format!("{status} {body}"))
 }
 
@@ -313,8 +369,14 @@ impl Env {
         let child = spawn_watched(&cp.join("kube-apiserver"), &self.apiserver_args, &log, &[]);
         let client = self.client().await;
         for _ in 0..600 {
-            let req = http::Request::get("/readyz").body(Vec::new()).expect("request");
-            if client.request_text(req).await.is_ok_and(|b| b.trim() == "ok") {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("request");
+            if client
+                .request_text(req)
+                .await
+                .is_ok_and(|b| b.trim() == "ok")
+            {
                 let ns: Api<Namespace> = Api::all(client.clone());
                 if ns.get_opt("default").await.ok().flatten().is_some() {
                     return child;
@@ -371,7 +433,9 @@ impl Env {
         let api: Api<Namespace> = Api::all(client.clone());
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         name
     }
 }
@@ -402,9 +466,13 @@ async fn install_crd(client: &Client) {
     let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("crd yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let pp = kube::api::PatchParams::apply("kaic-tests").force();
-    api.patch("awsiamroles.zalando.org", &pp, &kube::api::Patch::Apply(&crd))
-        .await
-        .expect("install CRD");
+    api.patch(
+        "awsiamroles.zalando.org",
+        &pp,
+        &kube::api::Patch::Apply(&crd),
+    )
+    .await
+    .expect("install CRD");
     let roles: Api<AWSIAMRole> = Api::all(client.clone());
     wait_for("the AWSIAMRole CRD to be served", || async {
         roles.list(&Default::default()).await.ok().map(|_| ())
@@ -431,7 +499,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -442,15 +513,24 @@ pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-            Credentials::new("AKIDCONTROLLER000000", "controller-secret", None, None, "test"),
-        ))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
+                "AKIDCONTROLLER000000",
+                "controller-secret",
+                None,
+                None,
+                "test",
+            )),
+        )
         .http_client(https_client())
         .build()
 }
 
 pub fn sts_issuer(endpoint: &str) -> Arc<dyn CredentialIssuer> {
-    Arc::new(StsIssuer::new(&sdk_config(endpoint), Duration::from_secs(30)))
+    Arc::new(StsIssuer::new(
+        &sdk_config(endpoint),
+        Duration::from_secs(30),
+    ))
 }
 
 /// Settings for tests: the production defaults with short backoffs.
@@ -491,7 +571,12 @@ impl Drop for Running {
     }
 }
 
-pub async fn run_controller(client: &Client, ns: &str, issuer: Arc<dyn CredentialIssuer>, settings: Settings) -> Running {
+pub async fn run_controller(
+    client: &Client,
+    ns: &str,
+    issuer: Arc<dyn CredentialIssuer>,
+    settings: Settings,
+) -> Running {
     let ctx = Arc::new(Context {
         client: client.clone(),
         issuer,
@@ -513,9 +598,14 @@ pub async fn run_controller(client: &Client, ns: &str, issuer: Arc<dyn Credentia
         concurrency: 4,
         janitor_interval: Duration::from_millis(500),
     };
-    let task = tokio::spawn(controller::run(ctx.clone(), opts, ready.clone(), async move {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(controller::run(
+        ctx.clone(),
+        opts,
+        ready.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Running {
         ctx,
         ready,
@@ -570,7 +660,8 @@ pub fn project_secret(dir: &Path, secret: &Secret) {
 /// Runs `program` with `dir` bind-mounted at `/meta/aws-iam` in a private mount namespace,
 /// the view a container with the Secret volume has.
 pub fn in_pod_view(dir: &Path, program: &str, args: &[&str]) -> Command {
-    std::fs::create_dir_all("/meta/aws-iam").expect("create /meta/aws-iam mount point (run as root)");
+    std::fs::create_dir_all("/meta/aws-iam")
+        .expect("create /meta/aws-iam mount point (run as root)");
     let mut cmd = Command::new("unshare");
     cmd.arg("--mount")
         .arg("--propagation")
