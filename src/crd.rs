@@ -107,3 +107,34 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     serde_yaml::to_string(&AWSIAMRole::crd())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_rust_types() {
+        let committed = include_str!("../deploy/crd.yaml");
+        let generated = crd_yaml().expect("yaml");
+        assert!(
+            committed == generated,
+            "deploy/crd.yaml is out of date: run `cargo run --bin crdgen > deploy/crd.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_keeps_the_go_controllers_names_and_bounds() {
+        let crd: serde_json::Value = serde_yaml::from_str(include_str!("../deploy/crd.yaml")).expect("yaml");
+        assert_eq!(crd["spec"]["group"], "zalando.org");
+        assert_eq!(crd["spec"]["names"]["kind"], "AWSIAMRole");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["name"], "v1");
+        assert!(v["subresources"]["status"].is_object());
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["roleReference"]["minLength"], 3);
+        assert_eq!(spec["roleSessionDuration"]["minimum"].as_f64(), Some(900.0));
+        assert_eq!(spec["roleSessionDuration"]["maximum"].as_f64(), Some(43200.0));
+        assert_eq!(spec["roleSessionDuration"]["default"], 3600);
+    }
+}

@@ -685,3 +685,95 @@ pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
         },
     )
 }
+
+/// The controller binary, started as a user starts it, against the local control plane.
+pub struct Binary {
+    pub child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Binary {
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin server: "STATUS BODY".
+    pub async fn admin(&self, path: &str) -> String {
+        http_get(self.admin_port, path).await.unwrap_or_default()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of the built controller binary (`cargo build` makes it; integration tests get it from Cargo).
+pub fn binary_path() -> PathBuf {
+    std::env::var_os("KAIC_BINARY")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_kube-aws-iam-controller").map(PathBuf::from))
+        .unwrap_or_else(|| repo().join("target/debug/kube-aws-iam-controller"))
+}
+
+/// Starts the controller binary for namespace `ns` against `sts_endpoint`.
+pub async fn start_binary(env: &Env, ns: &str, sts_endpoint: &str, extra: &[&str]) -> Binary {
+    let bin = binary_path();
+    assert!(bin.exists(), "{} missing: run `cargo build`", bin.display());
+    let admin_port = free_port();
+    let log = env.dir.join(format!("controller-{ns}-{admin_port}.log"));
+    let mut args = vec![
+        format!("--kubeconfig={}", env.kubeconfig.display()),
+        format!("--namespace={ns}"),
+        format!("--sts-endpoint={sts_endpoint}"),
+        "--sts-region=us-east-1".into(),
+        format!("--base-role-arn={BASE_ROLE_ARN}"),
+        format!("--admin-addr=127.0.0.1:{admin_port}"),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let child = spawn_watched(
+        &bin,
+        &args,
+        &log,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDCONTROLLER000000".into()),
+            ("AWS_SECRET_ACCESS_KEY", "controller-secret".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ],
+    );
+    let b = Binary { child, admin_port, log };
+    wait_for("the controller's admin server", || async {
+        http_get(b.admin_port, "/healthz").await.ok().filter(|r| r.starts_with("200"))
+    })
+    .await;
+    b
+}
+
+/// Runs the AWS CLI v1 the way a pod with the Secret mounted at /meta/aws-iam does, using the
+/// `credentials.process` file, and returns the caller ARN it prints.
+pub fn aws_cli_identity(env: &Env, volume: &Path, sts_endpoint: &str) -> Result<String, String> {
+    let aws = env.venv.join("bin/aws");
+    let aws = aws.to_string_lossy();
+    let out = in_pod_view(
+        volume,
+        &aws,
+        &["sts", "get-caller-identity", "--query", "Arn", "--output", "text", "--endpoint-url", sts_endpoint],
+    )
+    .env("AWS_CONFIG_FILE", "/meta/aws-iam/credentials.process")
+    .env("AWS_SHARED_CREDENTIALS_FILE", "/meta/aws-iam/credentials.process")
+    .env("AWS_DEFAULT_REGION", "us-east-1")
+    .env_remove("AWS_ACCESS_KEY_ID")
+    .env_remove("AWS_SECRET_ACCESS_KEY")
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE")
+    .output()
+    .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}

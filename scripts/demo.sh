@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job on a local, self-contained setup (see examples/local_demo.rs).
+# Builds/caches kube-apiserver, etcd and the Python tools on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KAIC_CONTROL_PLANE_DIR=$(scripts/build-control-plane.sh)
+KAIC_VENV=$(scripts/python-env.sh)
+export KAIC_CONTROL_PLANE_DIR KAIC_VENV
+cargo build --locked --bin kube-aws-iam-controller
+exec cargo run --locked --example local_demo -- "$@"
