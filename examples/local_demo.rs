@@ -19,7 +19,11 @@ async fn main() {
     let keep = std::env::args().any(|a| a == "--keep");
     println!("==> starting etcd, kube-apiserver and moto (STS) on 127.0.0.1");
     let env = env().await;
-    println!("    kube-apiserver {}  (kubeconfig: {})", env.api_url, env.kubeconfig.display());
+    println!(
+        "    kube-apiserver {}  (kubeconfig: {})",
+        env.api_url,
+        env.kubeconfig.display()
+    );
     println!("    STS (moto)     {}", env.moto_endpoint);
     let client = env.client().await;
     let ns = env.namespace(&client, "demo").await;
@@ -27,30 +31,54 @@ async fn main() {
     println!("==> starting the controller binary for namespace {ns}");
     let bin = start_binary(env, &ns, &env.moto_endpoint, &[]).await;
 
-    let manifest = std::fs::read_to_string(support::repo().join("examples/awsiamrole.yaml")).expect("examples/awsiamrole.yaml");
+    let manifest = std::fs::read_to_string(support::repo().join("examples/awsiamrole.yaml"))
+        .expect("examples/awsiamrole.yaml");
     let role: AWSIAMRole = serde_yaml::from_str(&manifest).expect("AWSIAMRole manifest");
-    println!("==> applying examples/awsiamrole.yaml:\n{}", manifest.trim_end());
+    println!(
+        "==> applying examples/awsiamrole.yaml:\n{}",
+        manifest.trim_end()
+    );
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    roles.create(&PostParams::default(), &role).await.expect("create AWSIAMRole");
+    roles
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create AWSIAMRole");
     let name = role.metadata.name.clone().unwrap_or_default();
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let secret = wait_for("the Secret", || async { secrets.get_opt(&name).await.ok().flatten() }).await;
-    let mut keys: Vec<String> = secret.data.clone().unwrap_or_default().into_keys().collect();
+    let secret = wait_for("the Secret", || async {
+        secrets.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    let mut keys: Vec<String> = secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
     keys.sort();
     println!("==> Secret {ns}/{name} written with keys {keys:?}");
     println!("    role-arn: {}", data(&secret, "role-arn"));
     println!("    expire:   {}", data(&secret, "expire"));
     let status = wait_for("Ready", || async {
-        roles.get(&name).await.ok().filter(|r| r.ready_condition().is_some_and(|c| c.status == "True"))
+        roles
+            .get(&name)
+            .await
+            .ok()
+            .filter(|r| r.ready_condition().is_some_and(|c| c.status == "True"))
     })
     .await;
     let cond = status.ready_condition().cloned().expect("condition");
-    println!("==> AWSIAMRole status: Ready={} reason={} message={}", cond.status, cond.reason, cond.message);
+    println!(
+        "==> AWSIAMRole status: Ready={} reason={} message={}",
+        cond.status, cond.reason, cond.message
+    );
 
     let volume = tempfile::tempdir().expect("volume");
     project_secret(volume.path(), &secret);
-    println!("==> AWS CLI in a pod's view of the volume (/meta/aws-iam, AWS_CONFIG_FILE=credentials.process):");
+    println!(
+        "==> AWS CLI in a pod's view of the volume (/meta/aws-iam, AWS_CONFIG_FILE=credentials.process):"
+    );
     match aws_cli_identity(env, volume.path(), &env.moto_endpoint) {
         Ok(arn) => println!("    aws sts get-caller-identity -> {arn}"),
         Err(e) => {
@@ -59,7 +87,10 @@ async fn main() {
         }
     }
     if keep {
-        println!("==> running; Ctrl-C stops everything. kubectl: KUBECONFIG={} kubectl -n {ns} get awsiamroles", env.kubeconfig.display());
+        println!(
+            "==> running; Ctrl-C stops everything. kubectl: KUBECONFIG={} kubectl -n {ns} get awsiamroles",
+            env.kubeconfig.display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     bin.kill();

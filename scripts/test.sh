@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 KAIC_CONTROL_PLANE_DIR=$(scripts/build-control-plane.sh)
 KAIC_VENV=$(scripts/python-env.sh)
-export KAIC_CONTROL_PLANE_DIR KAIC_VENV
+KAIC_SDK_DIR=$(scripts/sdk-clients.sh)
+KAIC_IMDS_MOCK=$(scripts/build-imds-mock.sh)
+export KAIC_CONTROL_PLANE_DIR KAIC_VENV KAIC_SDK_DIR KAIC_IMDS_MOCK
 echo "test.sh: tools ready after $(( $(date +%s) - started ))s" >&2
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

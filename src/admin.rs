@@ -1,7 +1,6 @@
 //! Admin HTTP server: `/healthz` (the loops run), `/readyz` (caches synced; never depends on
-//! leadership), `/metrics` (Prometheus text format).
+//! leadership), `/metrics` (OpenMetrics text format).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,14 +53,8 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         s.metrics.render(),
     )
-}
-
-/// Binds `addr` and serves until the process ends.
-pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state)).await
 }

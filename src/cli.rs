@@ -3,10 +3,36 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::aws::limit::RateLimit;
+use crate::aws::options::{self, SourceIdentityTemplate, StsOptions, TagSettings};
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 10s, 15m, 1h)"))
+}
+
+fn source_identity(s: &str) -> Result<SourceIdentityTemplate, String> {
+    s.parse().map_err(|e: options::OptionError| e.to_string())
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(q) if q.is_finite() && q > 0.0 => Ok(q),
+        _ => Err("must be a number of calls per second greater than 0, e.g. 10 or 0.5".into()),
+    }
+}
+
+fn external_id(s: &str) -> Result<String, String> {
+    options::validate_external_id(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn cluster_name(s: &str) -> Result<String, String> {
+    options::validate_tag_value(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -19,12 +45,19 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "kube-aws-iam-controller", version)]
 pub struct Args {
+    /// Without a subcommand the controller runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
     pub aws: AwsArgs,
     #[command(flatten)]
+    pub sts: StsOptionArgs,
+    #[command(flatten)]
     pub controller: ControllerArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -59,6 +92,112 @@ pub struct AwsArgs {
     pub sts_timeout: Duration,
 }
 
+/// Options of the controller's STS calls; all off unless given.
+#[derive(Clone, Debug, ClapArgs)]
+pub struct StsOptionArgs {
+    /// Role (name or ARN) the controller first assumes with its own credentials; every
+    /// AWSIAMRole is then assumed from that session (role chaining: at most 1 hour each).
+    #[arg(long, env = "KAIC_ASSUME_ROLE")]
+    pub assume_role: Option<String>,
+    /// ExternalId sent with every AssumeRole for an AWSIAMRole; target roles can require it
+    /// with the sts:ExternalId condition. Never taken from an AWSIAMRole.
+    #[arg(long, env = "KAIC_EXTERNAL_ID", value_parser = external_id)]
+    pub external_id: Option<String>,
+    /// Tag each session with kubernetes-namespace and kubernetes-awsiamrole (and
+    /// kubernetes-cluster with --cluster-name), for aws:PrincipalTag conditions. Target roles
+    /// must allow sts:TagSession.
+    #[arg(long, env = "KAIC_SESSION_TAGS")]
+    pub session_tags: bool,
+    /// Value of the kubernetes-cluster session tag.
+    #[arg(long, env = "KAIC_CLUSTER_NAME", requires = "session_tags", value_parser = cluster_name)]
+    pub cluster_name: Option<String>,
+    /// Make the session tags transitive: they stay on sessions chained from these credentials.
+    #[arg(long, env = "KAIC_TRANSITIVE_SESSION_TAGS", requires = "session_tags")]
+    pub transitive_session_tags: bool,
+    /// SourceIdentity for each session, a template with {namespace} and {name}, e.g.
+    /// {namespace}@{name}. Target roles must allow sts:SetSourceIdentity.
+    #[arg(long, env = "KAIC_SOURCE_IDENTITY", value_parser = source_identity)]
+    pub source_identity: Option<SourceIdentityTemplate>,
+    /// Client-side limit of AssumeRole calls per second (default: none).
+    #[arg(long, env = "KAIC_STS_QPS", value_parser = positive_rate)]
+    pub sts_qps: Option<f64>,
+    /// AssumeRole calls allowed at once after a quiet period (default: --sts-qps, at least 1).
+    #[arg(long, env = "KAIC_STS_BURST", requires = "sts_qps", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sts_burst: Option<u32>,
+    /// AssumeRole calls in flight at once (default: no cap beyond --concurrency).
+    #[arg(long, env = "KAIC_STS_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sts_max_in_flight: Option<u32>,
+    /// Instance metadata endpoint for base role ARN discovery (default: the SDK's,
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254; AWS_EC2_METADATA_DISABLED=true skips it).
+    #[arg(long, env = "KAIC_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
+}
+
+impl StsOptionArgs {
+    /// The per-request options; `chained` when the controller runs under `--assume-role`.
+    pub fn options(&self) -> StsOptions {
+        let options = StsOptions {
+            external_id: self.external_id.clone(),
+            tags: self.session_tags.then(|| TagSettings {
+                cluster_name: self.cluster_name.clone(),
+                transitive: self.transitive_session_tags,
+            }),
+            source_identity: self.source_identity.clone(),
+            chained: Default::default(),
+        };
+        if self.assume_role.is_some() {
+            options.mark_chained();
+        }
+        options
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        RateLimit {
+            qps: self.sts_qps,
+            burst: self
+                .sts_burst
+                .unwrap_or_else(|| self.sts_qps.map_or(1, |q| q.ceil().max(1.0) as u32)),
+            max_in_flight: self.sts_max_in_flight.map(|n| n as usize),
+        }
+    }
+}
+
+/// What to run instead of the controller.
+#[derive(Clone, Debug, Subcommand)]
+pub enum Command {
+    /// Seed the controller's own credentials without AWS infrastructure: assume the
+    /// controller's role with your AWS credentials (the SDK's default chain) and write its
+    /// AWSIAMRole and Secret, which the running controller adopts and keeps fresh.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Clone, Debug, ClapArgs)]
+pub struct BootstrapArgs {
+    /// Namespace of the controller's AWSIAMRole and Secret.
+    #[arg(long, env = "KAIC_BOOTSTRAP_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    /// Name of the AWSIAMRole and Secret (the Secret the controller's Deployment mounts).
+    #[arg(
+        long,
+        env = "KAIC_BOOTSTRAP_NAME",
+        default_value = "kube-aws-iam-controller"
+    )]
+    pub name: String,
+    /// The controller's IAM role: a full ARN, or a name in the account of --base-role-arn
+    /// (default: your own account, from STS GetCallerIdentity).
+    #[arg(long, env = "KAIC_BOOTSTRAP_ROLE")]
+    pub role: String,
+    /// Session length in seconds, of the seed credentials and the AWSIAMRole. The controller
+    /// renews its own credentials from a role session, so at most 3600 (role chaining).
+    #[arg(long, env = "KAIC_BOOTSTRAP_SESSION_DURATION", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(900..=3600))]
+    pub session_duration: i64,
+    /// Path to a kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<String>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
 #[derive(Clone, Debug, ClapArgs)]
 pub struct ControllerArgs {
     /// Renew credentials this long before they expire (at most half the session).
@@ -77,6 +216,32 @@ pub struct ControllerArgs {
     /// Longest retry delay; also how often permanently failing roles are retried.
     #[arg(long, env = "KAIC_MAX_BACKOFF", default_value = "5m", value_parser = duration)]
     pub max_backoff: Duration,
+}
+
+#[derive(Clone, Debug, ClapArgs)]
+pub struct LeaderArgs {
+    /// Elect a leader among replicas with a Lease; only the leader calls STS and writes Secrets.
+    #[arg(long, env = "KAIC_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "KAIC_LEASE_NAME",
+        default_value = "kube-aws-iam-controller"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else kube-system).
+    #[arg(long, env = "KAIC_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the Lease is valid without renewal: the longest a follower waits after the leader dies.
+    #[arg(long, env = "KAIC_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+    /// The leader renews the Lease this long before it would expire.
+    #[arg(long, env = "KAIC_LEASE_GRACE", default_value = "5s", value_parser = duration)]
+    pub lease_grace: Duration,
+    /// On SIGTERM, how long in-flight reconciles may take before the process exits anyway.
+    #[arg(long, env = "KAIC_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Clone, Debug, ClapArgs)]
@@ -115,6 +280,102 @@ mod tests {
         assert_eq!(a.controller.interval, Duration::from_secs(10));
         assert!(a.runtime.debug);
         assert_eq!(a.kube.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn sts_options_are_off_by_default() {
+        let a = Args::try_parse_from(["x"]).expect("parse");
+        assert!(a.command.is_none());
+        let o = a.sts.options();
+        assert!(o.tags.is_none() && o.external_id.is_none() && o.source_identity.is_none());
+        assert!(!o.is_chained());
+        assert!(a.sts.rate_limit().is_unlimited());
+    }
+
+    #[test]
+    fn sts_option_flags_build_the_request_options() {
+        let a = Args::try_parse_from([
+            "x",
+            "--assume-role=arn:aws:iam::123456789012:role/ctrl",
+            "--external-id=tenant-42",
+            "--session-tags",
+            "--cluster-name=prod-eu",
+            "--transitive-session-tags",
+            "--source-identity={namespace}@{name}",
+            "--sts-qps=2.5",
+            "--sts-max-in-flight=4",
+        ])
+        .expect("parse");
+        let o = a.sts.options();
+        assert!(o.is_chained());
+        assert_eq!(o.external_id.as_deref(), Some("tenant-42"));
+        assert_eq!(
+            o.tags,
+            Some(TagSettings {
+                cluster_name: Some("prod-eu".into()),
+                transitive: true
+            })
+        );
+        assert_eq!(
+            o.source_identity
+                .as_ref()
+                .map(|t| t.render("ns", "app").expect("render")),
+            Some("ns@app".to_string())
+        );
+        let limit = a.sts.rate_limit();
+        assert_eq!(limit.qps, Some(2.5));
+        assert_eq!(limit.burst, 3);
+        assert_eq!(limit.max_in_flight, Some(4));
+    }
+
+    #[test]
+    fn invalid_sts_options_are_rejected_at_start() {
+        for bad in [
+            vec!["x", "--source-identity={pod}"],
+            vec!["x", "--external-id=a b"],
+            vec!["x", "--session-tags", "--cluster-name=a,b"],
+            vec!["x", "--cluster-name=c"],
+            vec!["x", "--transitive-session-tags"],
+            vec!["x", "--sts-qps=0"],
+            vec!["x", "--sts-burst=5"],
+        ] {
+            assert!(
+                Args::try_parse_from(&bad).is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_a_subcommand_and_the_controller_flags_still_work_without_it() {
+        let a = Args::try_parse_from([
+            "kube-aws-iam-controller",
+            "bootstrap",
+            "--namespace=kube-system",
+            "--name=kube-aws-iam-controller",
+            "--role=ctrl",
+            "--kubeconfig=/tmp/kc",
+            "--sts-endpoint=http://127.0.0.1:1",
+        ])
+        .expect("parse");
+        let Some(Command::Bootstrap(b)) = a.command else {
+            panic!("bootstrap expected");
+        };
+        assert_eq!(b.role, "ctrl");
+        assert_eq!(b.session_duration, 3600);
+        assert_eq!(b.kubeconfig.as_deref(), Some("/tmp/kc"));
+        assert_eq!(b.aws.sts_endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert!(
+            Args::try_parse_from(["x", "bootstrap", "--role=r", "--session-duration=7200"])
+                .is_err()
+        );
+        assert!(
+            Args::try_parse_from(["x", "bootstrap"]).is_err(),
+            "--role is required"
+        );
+        let a = Args::try_parse_from(["x", "--namespace=team", "--session-tags"]).expect("parse");
+        assert!(a.command.is_none());
+        assert!(a.sts.session_tags);
     }
 
     #[test]

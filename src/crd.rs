@@ -56,6 +56,19 @@ pub struct AWSIAMRoleSpec {
     #[serde(default = "default_session_duration")]
     #[schemars(range(min = 900, max = 43200))]
     pub role_session_duration: i64,
+    /// Inline session policy (IAM policy JSON): the credentials get only the permissions both
+    /// this policy and the role's policies allow. It can only reduce permissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub policy: Option<String>,
+    /// Managed policies (`arn:<partition>:iam::<account or aws>:policy/<name>`) used as session
+    /// policies, at most 10. Like `policy`, they can only reduce permissions.
+    #[serde(default, rename = "policyARNs", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 10),
+        inner(regex(pattern = r"^arn:aws(-cn|-us-gov)?:iam::(\d{12}|aws):policy/[\w+=,.@/-]+$"))
+    )]
+    pub policy_arns: Vec<String>,
 }
 
 /// What the controller last did for this role.
@@ -124,7 +137,8 @@ mod tests {
 
     #[test]
     fn crd_keeps_the_go_controllers_names_and_bounds() {
-        let crd: serde_json::Value = serde_yaml::from_str(include_str!("../deploy/crd.yaml")).expect("yaml");
+        let crd: serde_json::Value =
+            serde_yaml::from_str(include_str!("../deploy/crd.yaml")).expect("yaml");
         assert_eq!(crd["spec"]["group"], "zalando.org");
         assert_eq!(crd["spec"]["names"]["kind"], "AWSIAMRole");
         assert_eq!(crd["spec"]["scope"], "Namespaced");
@@ -134,7 +148,38 @@ mod tests {
         let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["roleReference"]["minLength"], 3);
         assert_eq!(spec["roleSessionDuration"]["minimum"].as_f64(), Some(900.0));
-        assert_eq!(spec["roleSessionDuration"]["maximum"].as_f64(), Some(43200.0));
+        assert_eq!(
+            spec["roleSessionDuration"]["maximum"].as_f64(),
+            Some(43200.0)
+        );
         assert_eq!(spec["roleSessionDuration"]["default"], 3600);
+        assert_eq!(spec["policy"]["maxLength"], 2048);
+        assert_eq!(spec["policyARNs"]["maxItems"], 10);
+        assert!(
+            spec["policyARNs"]["items"]["pattern"]
+                .as_str()
+                .is_some_and(|p| p.contains(":policy/"))
+        );
+        let required = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"];
+        assert_eq!(required, &serde_json::json!(["roleReference"]));
+    }
+
+    #[test]
+    fn roles_written_before_the_session_policy_fields_still_read_and_write_the_same() {
+        let old: AWSIAMRoleSpec =
+            serde_json::from_str(r#"{"roleReference":"app","roleSessionDuration":900}"#)
+                .expect("old spec");
+        assert_eq!(old.policy, None);
+        assert!(old.policy_arns.is_empty());
+        assert_eq!(
+            serde_json::to_value(&old).expect("json"),
+            serde_json::json!({"roleReference":"app","roleSessionDuration":900})
+        );
+        let new: AWSIAMRoleSpec = serde_json::from_str(
+            r#"{"roleReference":"app","policy":"{}","policyARNs":["arn:aws:iam::aws:policy/ReadOnlyAccess"]}"#,
+        )
+        .expect("new spec");
+        assert_eq!(new.role_session_duration, 3600);
+        assert_eq!(new.policy_arns.len(), 1);
     }
 }

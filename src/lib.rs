@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod aws;
+pub mod bootstrap;
 pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -12,8 +12,12 @@ use tracing_subscriber::EnvFilter;
 
 use kube_aws_iam_controller::admin::{self, AdminState};
 use kube_aws_iam_controller::aws::arn::{self, BaseRoleArn};
-use kube_aws_iam_controller::aws::sts::{StsIssuer, StsSettings, load_config};
-use kube_aws_iam_controller::cli::{Args, LogFormat};
+use kube_aws_iam_controller::aws::discover;
+use kube_aws_iam_controller::aws::imds::ImdsSettings;
+use kube_aws_iam_controller::aws::sts::{StsIssuer, StsSettings, controller_issuer, load_config};
+use kube_aws_iam_controller::bootstrap;
+use kube_aws_iam_controller::cli::{Args, Command, LogFormat};
+use kube_aws_iam_controller::controller::leader::{self, LeaseSettings};
 use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
 use kube_aws_iam_controller::metrics::Metrics;
 use kube_aws_iam_controller::{Error, Result};
@@ -60,22 +64,14 @@ async fn base_role_arn(args: &Args, issuer: &StsIssuer) -> Result<Option<BaseRol
             .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))?;
         return Ok(Some(base));
     }
-    match issuer.caller_arn().await {
-        Ok(identity) => match arn::base_from_identity(&identity) {
-            Ok(base) => {
-                info!(base_role_arn = %base, "base role ARN discovered from the controller's identity");
-                Ok(Some(base))
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot derive a base role ARN; only full role ARNs will work");
-                Ok(None)
-            }
-        },
-        Err(e) => {
-            warn!(error = %e, "GetCallerIdentity failed; only full role ARNs will work until restart");
-            Ok(None)
-        }
-    }
+    let imds = ImdsSettings::resolve(
+        args.sts.imds_endpoint.as_deref(),
+        |k| std::env::var(k).ok(),
+        std::time::Duration::from_secs(1),
+    );
+    Ok(discover::base_role_arn(imds.as_ref(), issuer)
+        .await
+        .map(|(base, _)| base))
 }
 
 async fn shutdown_signal() {
@@ -105,6 +101,23 @@ async fn run(args: Args) -> Result<()> {
     .await;
     let issuer = StsIssuer::new(&sdk_config, args.aws.sts_timeout);
     let base = base_role_arn(&args, &issuer).await?;
+    let assume_role = match &args.sts.assume_role {
+        Some(r) => Some(
+            arn::resolve(r, base.as_ref())
+                .map_err(|e| Error::Config(format!("--assume-role: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(r) = &assume_role {
+        info!(assume_role = %r, "AWSIAMRoles are assumed from a session of this role (at most 1 hour each)");
+    }
+    let issuer = controller_issuer(
+        &sdk_config,
+        args.aws.sts_timeout,
+        assume_role.as_ref(),
+        args.sts.rate_limit(),
+    )
+    .await?;
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
@@ -124,22 +137,59 @@ async fn run(args: Args) -> Result<()> {
         }
     });
 
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kube-aws-iam-controller".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    });
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader.leader_elect);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let election = if args.leader.leader_elect {
+        let lease = LeaseSettings {
+            name: args.leader.lease_name.clone(),
+            namespace: args.leader.lease_namespace.clone().unwrap_or_else(|| {
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into())
+            }),
+            identity: identity.clone(),
+            duration: args.leader.lease_duration,
+            grace: args.leader.lease_grace,
+        };
+        lease.validate().map_err(Error::Config)?;
+        let manager = leader::manager(client.clone(), &lease)
+            .await
+            .map_err(|e| Error::Config(format!("lease {}/{}: {e}", lease.namespace, lease.name)))?;
+        info!(lease = %lease.name, namespace = %lease.namespace, identity, "joining leader election");
+        let mut stop = stop_rx.clone();
+        Some(tokio::spawn(leader::run(
+            client.clone(),
+            lease,
+            manager,
+            leader_tx,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )))
+    } else {
+        drop(leader_tx);
+        None
+    };
     let reporter = Reporter {
         controller: "kube-aws-iam-controller".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity),
     };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        issuer: Arc::new(issuer),
+        issuer,
         settings: Settings {
             refresh_limit: args.controller.refresh_limit,
             base_role_arn: base,
             backoff_base: args.controller.backoff_base,
             max_backoff: args.controller.max_backoff,
+            sts_options: args.sts.options(),
         },
         metrics,
         backoff: Backoff::default(),
+        leader: leader_rx,
     });
     info!(
         namespace = args.kube.namespace.as_deref().unwrap_or("<all>"),
@@ -152,8 +202,30 @@ async fn run(args: Args) -> Result<()> {
         concurrency: args.controller.concurrency,
         janitor_interval: args.controller.interval,
     };
-    controller::run(ctx, opts, ready, shutdown_signal()).await;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    });
+    let mut stopping = stop_rx.clone();
+    let graceful = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    let controller = controller::run(ctx, opts, ready, graceful);
+    let mut stopping = stop_rx.clone();
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(args.leader.shutdown_timeout).await;
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = deadline => warn!("in-flight reconciles did not finish within --shutdown-timeout"),
+    }
     alive.store(false, Ordering::SeqCst);
+    if let Some(election) = election {
+        // The stop signal is set: the election task releases the Lease and ends.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -162,7 +234,11 @@ async fn run(args: Args) -> Result<()> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args);
-    match run(args).await {
+    let result = match &args.command {
+        Some(Command::Bootstrap(b)) => bootstrap::run(b).await.map(|seeded| println!("{seeded}")),
+        None => run(args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "fatal");

@@ -60,7 +60,7 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register(
             "reconciles",
-            "Reconciles of AWSIAMRoles by result (ok, error)",
+            "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
             reconciles.clone(),
         );
         registry.register(
@@ -127,8 +127,8 @@ impl Metrics {
         out
     }
 
-    pub fn reconciled(&self, ok: bool, seconds: f64) {
-        let result = if ok { "ok" } else { "error" };
+    /// Counts a reconcile; `result` is "ok" or an error's bounded `metric_label()`.
+    pub fn reconciled(&self, result: &'static str, seconds: f64) {
         self.reconciles
             .get_or_create(&vec![("result", result)])
             .inc();
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn metrics_render_with_bounded_labels() {
         let m = Metrics::new();
-        m.reconciled(true, 0.01);
+        m.reconciled("ok", 0.01);
         m.sts_call("AssumeRole", "Success", 0.2);
         m.issued("missing");
         m.role_state("ns/a", true, Some(2000));

@@ -16,9 +16,12 @@ async fn custom_objects_round_trip_through_the_real_api_server() {
     let client = env.client().await;
     let ns = env.namespace(&client, "bed").await;
     let api: Api<AWSIAMRole> = Api::namespaced(client, &ns);
-    api.create(&PostParams::default(), &support::role("r1", "app-role", 1800))
-        .await
-        .expect("create AWSIAMRole");
+    api.create(
+        &PostParams::default(),
+        &support::role("r1", "app-role", 1800),
+    )
+    .await
+    .expect("create AWSIAMRole");
     let back = api.get("r1").await.expect("read back");
     assert_eq!(back.spec.role_reference, "app-role");
     assert_eq!(back.spec.role_session_duration, 1800);
@@ -33,10 +36,16 @@ async fn the_schema_rejects_invalid_awsiamroles() {
     let api: Api<AWSIAMRole> = Api::namespaced(client, &ns);
     for (reference, duration) in [("ab", 3600), ("good-name", 60), ("good-name", 50000)] {
         let err = api
-            .create(&PostParams::default(), &support::role("bad", reference, duration))
+            .create(
+                &PostParams::default(),
+                &support::role("bad", reference, duration),
+            )
             .await
             .expect_err("invalid object must be rejected");
-        assert!(err.to_string().contains("Invalid") || err.to_string().contains("invalid"), "{err}");
+        assert!(
+            err.to_string().contains("Invalid") || err.to_string().contains("invalid"),
+            "{err}"
+        );
     }
     // The default session duration comes from the schema, as in the Go controller's CRD.
     let obj: AWSIAMRole = serde_json::from_value(serde_json::json!({
@@ -44,7 +53,10 @@ async fn the_schema_rejects_invalid_awsiamroles() {
         "metadata": {"name": "defaulted"}, "spec": {"roleReference": "app"}
     }))
     .expect("object");
-    let created = api.create(&PostParams::default(), &obj).await.expect("create");
+    let created = api
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create");
     assert_eq!(created.spec.role_session_duration, 3600);
 }
 
@@ -56,7 +68,9 @@ async fn a_service_account_without_permissions_is_denied_by_rbac() {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let mut sa = ServiceAccount::default();
     sa.metadata.name = Some("nobody".into());
-    sas.create(&PostParams::default(), &sa).await.expect("create sa");
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("create sa");
     let token = sas
         .create_token_request("nobody", &PostParams::default(), &TokenRequest::default())
         .await
@@ -67,7 +81,10 @@ async fn a_service_account_without_permissions_is_denied_by_rbac() {
         .expect("token");
     let as_sa = env.token_client(&token);
     let cms: Api<ConfigMap> = Api::namespaced(as_sa, &ns);
-    let err = cms.list(&Default::default()).await.expect_err("RBAC must deny");
+    let err = cms
+        .list(&Default::default())
+        .await
+        .expect_err("RBAC must deny");
     match err {
         kube::Error::Api(e) => assert_eq!(e.code, 403, "{e:?}"),
         other => panic!("expected 403, got {other}"),
@@ -80,9 +97,12 @@ async fn moto_issues_credentials_that_boto3_uses_as_the_assumed_role() {
     let issuer = support::sts_issuer(&env.moto_endpoint);
     let creds = issuer
         .assume_role(IssueRequest {
-            role_arn: "arn:aws:iam::123456789012:role/bed-check".parse().expect("arn"),
+            role_arn: "arn:aws:iam::123456789012:role/bed-check"
+                .parse()
+                .expect("arn"),
             session_name: "bed@check".into(),
             duration_seconds: 900,
+            options: Default::default(),
         })
         .await
         .expect("AssumeRole against moto");
@@ -98,7 +118,11 @@ async fn moto_issues_credentials_that_boto3_uses_as_the_assumed_role() {
         .env_remove("AWS_PROFILE")
         .output()
         .expect("run boto3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "arn:aws:sts::123456789012:assumed-role/bed-check/bed@check"

@@ -14,32 +14,60 @@ async fn the_binary_issues_credentials_the_aws_cli_uses_and_logs_no_secret() {
     let env = env().await;
     let client = env.client().await;
     let ns = env.namespace(&client, "binary").await;
-    let bin = start_binary(env, &ns, &env.moto_endpoint, &["--log-format=json", "--log-level=debug"]).await;
+    let bin = start_binary(
+        env,
+        &ns,
+        &env.moto_endpoint,
+        &["--log-format=json", "--log-level=debug"],
+    )
+    .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
-        .create(&PostParams::default(), &role("cli-user", "team/cli-role", 3600))
+        .create(
+            &PostParams::default(),
+            &role("cli-user", "team/cli-role", 3600),
+        )
         .await
         .expect("create");
-    let secret = wait_for("secret cli-user", || async { secrets.get_opt("cli-user").await.ok().flatten() }).await;
+    let secret = wait_for("secret cli-user", || async {
+        secrets.get_opt("cli-user").await.ok().flatten()
+    })
+    .await;
 
     let volume = tempfile::tempdir().expect("volume");
     project_secret(volume.path(), &secret);
     let arn = aws_cli_identity(env, volume.path(), &env.moto_endpoint).expect("aws cli");
-    assert_eq!(arn, format!("arn:aws:sts::123456789012:assumed-role/cli-role/{ns}@cli-user"));
+    assert_eq!(
+        arn,
+        format!("arn:aws:sts::123456789012:assumed-role/cli-role/{ns}@cli-user")
+    );
 
-    wait_for("readyz", || async { Some(bin.admin("/readyz").await).filter(|r| r.starts_with("200")) }).await;
+    wait_for("readyz", || async {
+        Some(bin.admin("/readyz").await).filter(|r| r.starts_with("200"))
+    })
+    .await;
     let metrics = bin.admin("/metrics").await;
-    assert!(metrics.contains("kaic_credentials_issued_total{reason=\"missing\"} 1"), "{metrics}");
-    assert!(metrics.contains("kaic_awsiamroles{ready=\"true\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("kaic_credentials_issued_total{reason=\"missing\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kaic_awsiamroles{ready=\"true\"} 1"),
+        "{metrics}"
+    );
 
     let logs = bin.logs();
     assert!(logs.contains("credentials issued"), "{logs}");
-    let json: serde_json::Value = serde_json::from_str(&data(&secret, "credentials.json")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&data(&secret, "credentials.json")).expect("json");
     for field in ["SecretAccessKey", "SessionToken"] {
         let value = json[field].as_str().expect("field");
         assert!(!value.is_empty());
-        assert!(!logs.contains(value), "{field} appears in the controller's logs");
+        assert!(
+            !logs.contains(value),
+            "{field} appears in the controller's logs"
+        );
     }
     bin.kill();
 }

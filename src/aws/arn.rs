@@ -183,8 +183,16 @@ pub const MAX_SESSION_NAME: usize = 64;
 /// Longer than 64 characters: the first 55 characters, `-`, and 8 hex digits of a
 /// FNV-1a hash of `<namespace>/<name>`, so shortened names stay unique and deterministic.
 pub fn session_name(namespace: &str, name: &str) -> String {
-    let full: String = format!("{namespace}@{name}")
-        .chars()
+    fit(
+        &sanitize(&format!("{namespace}@{name}")),
+        &format!("{namespace}/{name}"),
+    )
+}
+
+/// Replaces every character outside `[\w+=,.@-]` (what STS accepts in session names and
+/// source identities) with `-`.
+pub fn sanitize(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
                 c
@@ -192,12 +200,18 @@ pub fn session_name(namespace: &str, name: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    if full.len() <= MAX_SESSION_NAME {
-        return full;
+        .collect()
+}
+
+/// `text` (sanitized, so ASCII) if it has at most 64 characters; otherwise its first 55, `-`,
+/// and 8 hex digits of a FNV-1a hash of `key`: deterministic, and distinct for distinct keys.
+pub fn fit(text: &str, key: &str) -> String {
+    if text.len() <= MAX_SESSION_NAME {
+        return text.to_string();
     }
-    let hash = fnv1a(format!("{namespace}/{name}").as_bytes());
-    format!("{}-{:08x}", &full[..MAX_SESSION_NAME - 9], hash as u32)
+    let hash = fnv1a(key.as_bytes());
+    let head: String = text.chars().take(MAX_SESSION_NAME - 9).collect();
+    format!("{head}-{:08x}", hash as u32)
 }
 
 fn fnv1a(data: &[u8]) -> u64 {

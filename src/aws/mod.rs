@@ -1,6 +1,10 @@
 //! AWS side of the controller: the `CredentialIssuer` seam, its STS implementation, and ARN rules.
 
 pub mod arn;
+pub mod discover;
+pub mod imds;
+pub mod limit;
+pub mod options;
 pub mod sts;
 
 use std::fmt;
@@ -16,6 +20,31 @@ pub struct IssueRequest {
     pub role_arn: RoleArn,
     pub session_name: String,
     pub duration_seconds: i64,
+    /// Session tags, source identity, external id and session policies (all empty by default).
+    pub options: RequestOptions,
+}
+
+/// A session tag (`Tags.member.N`); tag keys and values are not secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTag {
+    pub key: String,
+    pub value: String,
+}
+
+/// The optional parts of an `AssumeRole` request. Built by [`options::StsOptions::request`]
+/// from the operator's flags and the AWSIAMRole's spec; sent as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    pub tags: Vec<SessionTag>,
+    /// Keys of `tags` that pass on to sessions chained from this one.
+    pub transitive_tag_keys: Vec<String>,
+    pub source_identity: Option<String>,
+    /// The operator's `--external-id`; never taken from an AWSIAMRole.
+    pub external_id: Option<String>,
+    /// Inline session policy (JSON).
+    pub policy: Option<String>,
+    /// Managed policies used as session policies.
+    pub policy_arns: Vec<String>,
 }
 
 /// Temporary credentials for a role. `Debug` never prints the secret parts.

@@ -1,14 +1,20 @@
 //! The STS `AssumeRole` issuer built on the official AWS SDK for Rust.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use aws_smithy_http_client::tls;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use super::{CredentialIssuer, FailureKind, IssueError, IssueRequest, IssuedCredentials};
+use super::limit::{LimitedIssuer, RateLimit};
+use super::options::CHAINED_MAX_SECONDS;
+use super::{CredentialIssuer, FailureKind, IssueError, IssueRequest, IssuedCredentials, RoleArn};
 
 /// How the STS client is set up.
 #[derive(Clone, Debug, Default)]
@@ -43,6 +49,54 @@ pub async fn load_config(settings: &StsSettings) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+/// Session name of the controller's own session under `--assume-role` (CloudTrail shows
+/// `assumed-role/<role>/kube-aws-iam-controller`).
+pub const CONTROLLER_SESSION_NAME: &str = "kube-aws-iam-controller";
+
+/// `base` with its credentials replaced by a session of `role`, assumed with `base`'s
+/// credentials (`--assume-role`). The session is one hour, the most AWS allows for the role
+/// sessions chained from it; the SDK's identity cache assumes the role again shortly before
+/// the session expires, so it never lapses while the controller runs.
+pub async fn chain(
+    base: &aws_config::SdkConfig,
+    role: &RoleArn,
+) -> Result<aws_config::SdkConfig, crate::Error> {
+    if base.time_source().is_none() || base.credentials_provider().is_none() {
+        return Err(crate::Error::Config(
+            "--assume-role: the AWS configuration has no credentials provider".into(),
+        ));
+    }
+    let provider = AssumeRoleProvider::builder(role.to_string())
+        .configure(base)
+        .session_name(CONTROLLER_SESSION_NAME)
+        .session_length(Duration::from_secs(CHAINED_MAX_SECONDS.unsigned_abs()))
+        .build()
+        .await;
+    Ok(base
+        .to_builder()
+        .credentials_provider(SharedCredentialsProvider::new(provider))
+        .build())
+}
+
+/// The issuer the controller reconciles with: STS with the controller's credentials, or with
+/// a session of `assume_role` (`--assume-role`), paced by `limit`.
+pub async fn controller_issuer(
+    config: &aws_config::SdkConfig,
+    timeout: Duration,
+    assume_role: Option<&RoleArn>,
+    limit: RateLimit,
+) -> Result<Arc<dyn CredentialIssuer>, crate::Error> {
+    let sts: Arc<dyn CredentialIssuer> = match assume_role {
+        Some(role) => Arc::new(StsIssuer::new(&chain(config, role).await?, timeout)),
+        None => Arc::new(StsIssuer::new(config, timeout)),
+    };
+    Ok(if limit.is_unlimited() {
+        sts
+    } else {
+        Arc::new(LimitedIssuer::new(sts, limit))
+    })
+}
+
 /// `CredentialIssuer` that calls STS `AssumeRole`.
 #[derive(Clone, Debug)]
 pub struct StsIssuer {
@@ -72,13 +126,35 @@ impl StsIssuer {
     }
 
     async fn assume(&self, req: IssueRequest) -> Result<IssuedCredentials, IssueError> {
-        let call = self
+        let opts = req.options;
+        let mut call = self
             .client
             .assume_role()
             .role_arn(req.role_arn.to_string())
             .role_session_name(req.session_name)
             .duration_seconds(i32::try_from(req.duration_seconds).unwrap_or(i32::MAX))
-            .send();
+            .set_external_id(opts.external_id)
+            .set_source_identity(opts.source_identity)
+            .set_policy(opts.policy);
+        for tag in opts.tags {
+            let tag = Tag::builder()
+                .key(tag.key)
+                .value(tag.value)
+                .build()
+                .map_err(|e| IssueError {
+                    kind: FailureKind::Permanent,
+                    code: "ValidationError".into(),
+                    message: format!("session tag: {e}"),
+                })?;
+            call = call.tags(tag);
+        }
+        for key in opts.transitive_tag_keys {
+            call = call.transitive_tag_keys(key);
+        }
+        for arn in opts.policy_arns {
+            call = call.policy_arns(PolicyDescriptorType::builder().arn(arn).build());
+        }
+        let call = call.send();
         let out = tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| timeout_error(self.timeout))?
@@ -171,5 +247,103 @@ where
             code: "Unknown".into(),
             message: "unexpected STS client error".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+
+    async fn endpoint(region: &str) -> String {
+        let params = Params::builder()
+            .region(region)
+            .use_fips(false)
+            .use_dual_stack(false)
+            .use_global_endpoint(false)
+            .build()
+            .expect("params");
+        DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .expect("endpoint")
+            .url()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn sts_region_selects_the_regional_endpoint_of_its_partition() {
+        assert_eq!(
+            endpoint("eu-central-1").await,
+            "https://sts.eu-central-1.amazonaws.com"
+        );
+        assert_eq!(
+            endpoint("us-east-1").await,
+            "https://sts.us-east-1.amazonaws.com"
+        );
+        assert_eq!(
+            endpoint("cn-north-1").await,
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            endpoint("cn-northwest-1").await,
+            "https://sts.cn-northwest-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            endpoint("us-gov-west-1").await,
+            "https://sts.us-gov-west-1.amazonaws.com"
+        );
+    }
+
+    /// Records the URL of the request about to be sent, then stops it.
+    #[derive(Clone, Debug, Default)]
+    struct CaptureUrl(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+    impl aws_sdk_sts::config::Intercept for CaptureUrl {
+        fn name(&self) -> &'static str {
+            "CaptureUrl"
+        }
+        fn read_before_transmit(
+            &self,
+            ctx: &aws_sdk_sts::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _rc: &aws_sdk_sts::config::RuntimeComponents,
+            _cfg: &mut aws_sdk_sts::config::ConfigBag,
+        ) -> Result<(), aws_sdk_sts::error::BoxError> {
+            if let Ok(mut url) = self.0.lock() {
+                *url = Some(ctx.request().uri().to_string());
+            }
+            Err("captured, not sent".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_controllers_sts_client_calls_the_regional_endpoint_of_the_partition() {
+        for (region, url) in [
+            ("eu-west-1", "https://sts.eu-west-1.amazonaws.com/"),
+            (
+                "cn-northwest-1",
+                "https://sts.cn-northwest-1.amazonaws.com.cn/",
+            ),
+            ("us-gov-east-1", "https://sts.us-gov-east-1.amazonaws.com/"),
+        ] {
+            let sdk = super::load_config(&super::StsSettings {
+                region: Some(region.into()),
+                endpoint: None,
+                timeout: std::time::Duration::from_secs(5),
+            })
+            .await;
+            let capture = CaptureUrl::default();
+            let conf = aws_sdk_sts::config::Builder::from(&sdk)
+                .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                    "AKIDTEST", "secret", None, None, "test",
+                ))
+                .interceptor(capture.clone())
+                .build();
+            let _ = aws_sdk_sts::Client::from_conf(conf)
+                .get_caller_identity()
+                .send()
+                .await;
+            let seen = capture.0.lock().map(|u| u.clone()).unwrap_or_default();
+            assert_eq!(seen.as_deref(), Some(url), "{region}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::backoff::Backoff;
 use super::status::{self, Outcome};
+use crate::aws::options::StsOptions;
 use crate::aws::{BaseRoleArn, CredentialIssuer};
 use crate::crd::AWSIAMRole;
 use crate::metrics::Metrics;
@@ -30,6 +31,8 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest retry delay; also the requeue for permanent failures.
     pub max_backoff: Duration,
+    /// Session tags, source identity, external id, and the role-chaining cap.
+    pub sts_options: StsOptions,
 }
 
 impl Default for Settings {
@@ -39,6 +42,7 @@ impl Default for Settings {
             base_role_arn: None,
             backoff_base: Duration::from_secs(5),
             max_backoff: Duration::from_secs(300),
+            sts_options: StsOptions::default(),
         }
     }
 }
@@ -50,6 +54,14 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
+    /// True while this replica may call STS and write Secrets.
+    pub leader: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
 }
 
 /// An Event to publish on a status transition.

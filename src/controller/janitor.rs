@@ -69,6 +69,8 @@ pub async fn sweep(
             && roles.get(&ObjectRef::new(name).within(ns)).is_none()
         {
             ctx.metrics.forget_role(&key);
+            ctx.backoff.reset(&key);
+            ctx.metrics.set_backoff(ctx.backoff.len());
         }
     }
 }
@@ -88,7 +90,9 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        sweep(&ctx, &roles, &secrets).await;
+        if ctx.is_leader() {
+            sweep(&ctx, &roles, &secrets).await;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod backoff;
 pub mod context;
 pub mod janitor;
+pub mod leader;
 pub mod plan;
 pub mod reconcile;
 pub mod secret;
@@ -97,8 +98,28 @@ pub async fn run(
         synced,
         opts.janitor_interval,
     );
+    // Becoming leader reconciles everything once: no STS call for credentials still valid.
+    let takeover =
+        futures::stream::unfold((ctx.leader.clone(), false), |(mut rx, led)| async move {
+            if led {
+                rx.wait_for(|leader| !*leader).await.ok()?;
+            }
+            rx.wait_for(|leader| *leader).await.ok()?;
+            info!("leader: reconciling all AWSIAMRoles");
+            Some(((), (rx, true)))
+        });
+    ctx.metrics.set_leader(ctx.is_leader());
+    let leader_metric = {
+        let (mut rx, metrics) = (ctx.leader.clone(), ctx.metrics.clone());
+        async move {
+            while rx.changed().await.is_ok() {
+                metrics.set_leader(*rx.borrow());
+            }
+        }
+    };
     let controller = Controller::for_stream(roles, role_store)
         .owns_stream(secrets)
+        .reconcile_all_on(takeover)
         .with_config(Config::default().concurrency(opts.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -112,9 +133,11 @@ pub async fn run(
         });
     let janitor = tokio::spawn(janitor);
     let readiness = tokio::spawn(readiness);
+    let leader_metric = tokio::spawn(leader_metric);
     controller.await;
     janitor.abort();
     readiness.abort();
+    leader_metric.abort();
 }
 
 fn mark_synced<K>(ev: &Result<watcher::Event<K>, watcher::Error>, tx: &watch::Sender<bool>) {

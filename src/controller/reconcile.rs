@@ -13,10 +13,12 @@ use tracing::{info, warn};
 use super::context::{Context, MANAGER, Note};
 use super::plan::{self, Decision, IssueReason};
 use super::secret::{self, Ownership, Stored};
+use super::status;
 use super::status::Outcome;
 use crate::aws::arn::{self, RoleArn};
-use crate::aws::{FailureKind, IssueRequest};
-use crate::crd::{AWSIAMRole, MAX_SESSION_SECONDS, MIN_SESSION_SECONDS};
+use crate::aws::options::{self, SessionLength};
+use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
+use crate::crd::AWSIAMRole;
 use crate::{Error, Result};
 
 fn key(role: &AWSIAMRole) -> String {
@@ -31,8 +33,12 @@ fn key(role: &AWSIAMRole) -> String {
 pub async fn reconcile(role: Arc<AWSIAMRole>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = reconcile_role(&role, &ctx).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
     ctx.metrics
-        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+        .reconciled(label, started.elapsed().as_secs_f64());
     if result.is_ok() {
         ctx.backoff.reset(&key(&role));
         ctx.metrics.set_backoff(ctx.backoff.len());
@@ -62,7 +68,8 @@ pub fn error_policy(role: Arc<AWSIAMRole>, err: &Error, ctx: Arc<Context>) -> Ac
 }
 
 async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
-    if role.meta().deletion_timestamp.is_some() {
+    // Followers only keep their caches warm; every object is reconciled again on takeover.
+    if !ctx.is_leader() || role.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = role.namespace().unwrap_or_default();
@@ -94,10 +101,24 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         }
     };
     let arn_text = arn.to_string();
-    let session = role
-        .spec
-        .role_session_duration
-        .clamp(MIN_SESSION_SECONDS, MAX_SESSION_SECONDS);
+    let sts_options = &ctx.settings.sts_options;
+    let options = match sts_options.request(
+        &ns,
+        &name,
+        role.spec.policy.as_deref(),
+        &role.spec.policy_arns,
+        &arn.partition,
+    ) {
+        Ok(options) => options,
+        Err(e) => {
+            warn!(namespace = ns, name, error = %e, "invalid session options");
+            fail(ctx, role, e.reason(), e.to_string(), generation).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    // Under role chaining at most one hour; renewal is planned from what is asked for.
+    let length = sts_options.session_length(role.spec.role_session_duration);
+    let session = length.seconds;
     let stored = existing.as_ref().and_then(secret::read);
     let now = Utc::now();
     let decision = plan::decide(
@@ -116,8 +137,13 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
                 info!(namespace = ns, name, "restoring edited secret");
                 write_secret(&secrets, existing.as_ref(), desired).await?;
             }
-            ctx.report(role, ready(&arn_text, &stored, generation), None, false)
-                .await?;
+            ctx.report(
+                role,
+                ready(&arn_text, &stored, generation, length),
+                None,
+                false,
+            )
+            .await?;
             Ok(Action::requeue(plan::requeue_after(
                 refresh_at,
                 now,
@@ -133,7 +159,8 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
                 stored,
                 arn,
                 reason,
-                session,
+                length,
+                options,
             )
             .await
         }
@@ -150,25 +177,36 @@ async fn issue(
     stored: Option<Stored>,
     arn: RoleArn,
     reason: IssueReason,
-    session: i64,
+    length: SessionLength,
+    options: RequestOptions,
 ) -> Result<Action> {
     let ns = role.namespace().unwrap_or_default();
     let name = role.name_any();
     let generation = role.meta().generation.unwrap_or_default();
     let arn_text = arn.to_string();
-    let request = IssueRequest {
-        role_arn: arn,
+    let request = |length: SessionLength| IssueRequest {
+        role_arn: arn.clone(),
         session_name: arn::session_name(&ns, &name),
-        duration_seconds: session,
+        duration_seconds: length.seconds,
+        options: options.clone(),
     };
-    let started = Instant::now();
-    let result = ctx.issuer.assume_role(request).await;
-    let label = match &result {
-        Ok(_) => "Success",
-        Err(e) => e.reason(),
-    };
-    ctx.metrics
-        .sts_call("AssumeRole", label, started.elapsed().as_secs_f64());
+    let mut length = length;
+    let mut result = assume(ctx, request(length)).await;
+    // STS says the controller's credentials are a role session (seed credentials, IRSA, ...):
+    // from now on every session is capped at one hour, this one at once.
+    if let Err(e) = &result
+        && options::is_chaining_limit(&e.code, &e.message)
+        && length.seconds > options::CHAINED_MAX_SECONDS
+    {
+        ctx.settings.sts_options.mark_chained();
+        info!(
+            namespace = ns,
+            name,
+            "STS treats the controller's credentials as a role session: sessions are capped at one hour"
+        );
+        length = ctx.settings.sts_options.session_length(length.requested);
+        result = assume(ctx, request(length)).await;
+    }
 
     let creds = match result {
         Ok(creds) => creds,
@@ -263,7 +301,7 @@ async fn issue(
     };
     ctx.report(
         role,
-        ready(&arn_text, &stored, generation),
+        ready(&arn_text, &stored, generation, length),
         Some(Note {
             warning: false,
             reason: event_reason,
@@ -272,8 +310,8 @@ async fn issue(
         true,
     )
     .await?;
-    let refresh_at =
-        stored.credentials.expiration - plan::refresh_window(session, ctx.settings.refresh_limit);
+    let refresh_at = stored.credentials.expiration
+        - plan::refresh_window(length.seconds, ctx.settings.refresh_limit);
     Ok(Action::requeue(plan::requeue_after(
         refresh_at,
         Utc::now(),
@@ -281,16 +319,25 @@ async fn issue(
     )))
 }
 
-fn ready(arn: &str, stored: &Stored, generation: i64) -> Outcome {
-    let expiry = stored
-        .credentials
-        .expiration
-        .to_rfc3339_opts(SecondsFormat::Secs, true);
+/// One `AssumeRole` call, counted in the metrics.
+async fn assume(ctx: &Context, request: IssueRequest) -> Result<IssuedCredentials, IssueError> {
+    let started = Instant::now();
+    let result = ctx.issuer.assume_role(request).await;
+    let label = match &result {
+        Ok(_) => "Success",
+        Err(e) => e.reason(),
+    };
+    ctx.metrics
+        .sts_call("AssumeRole", label, started.elapsed().as_secs_f64());
+    result
+}
+
+fn ready(arn: &str, stored: &Stored, generation: i64, length: SessionLength) -> Outcome {
     Outcome::Ready {
         role_arn: arn.to_string(),
         expiration: stored.credentials.expiration,
         generation,
-        message: format!("credentials for {arn} valid until {expiry}"),
+        message: status::ready_message(arn, stored.credentials.expiration, length),
     }
 }
 

@@ -207,6 +207,8 @@ mod tests {
             AWSIAMRoleSpec {
                 role_reference: "app".into(),
                 role_session_duration: 3600,
+                policy: None,
+                policy_arns: Vec::new(),
             },
         );
         r.metadata.namespace = Some("team".into());

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::aws::options::SessionLength;
 use crate::crd::{AWSIAMRoleStatus, Condition};
 
 /// What the reconcile found, as far as status is concerned.
@@ -27,6 +28,22 @@ pub const READY: &str = "Ready";
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The message of `Ready=True`: `credentials for <arn> valid until <time>`, and when the
+/// session is shorter than `spec.roleSessionDuration` because of role chaining, that and why.
+pub fn ready_message(role_arn: &str, expiration: DateTime<Utc>, session: SessionLength) -> String {
+    let mut message = format!(
+        "credentials for {role_arn} valid until {}",
+        time(expiration)
+    );
+    if session.is_capped() {
+        message.push_str(&format!(
+            "; roleSessionDuration {}s was capped to {}s: the controller's own credentials are a role session (--assume-role or seed credentials), and AWS limits sessions assumed from one (role chaining) to 1 hour",
+            session.requested, session.seconds
+        ));
+    }
+    message
 }
 
 /// Builds the status for `outcome`, keeping `lastTransitionTime` while the condition's status
@@ -120,6 +137,51 @@ mod tests {
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(s.conditions[0].status, "True");
         assert_eq!(s.conditions[0].last_transition_time, "2026-11-26T12:00:00Z");
+    }
+
+    #[test]
+    fn ready_message_says_when_and_why_the_session_was_capped() {
+        let exp = at("2026-11-26T13:00:00Z");
+        let arn = "arn:aws:iam::123456789012:role/app";
+        assert_eq!(
+            ready_message(arn, exp, SessionLength::new(7200, false)),
+            "credentials for arn:aws:iam::123456789012:role/app valid until 2026-11-26T13:00:00Z"
+        );
+        let capped = ready_message(arn, exp, SessionLength::new(7200, true));
+        assert!(
+            capped.starts_with("credentials for arn:aws:iam::123456789012:role/app valid until"),
+            "{capped}"
+        );
+        assert!(
+            capped.contains("roleSessionDuration 7200s was capped to 3600s"),
+            "{capped}"
+        );
+        assert!(capped.contains("role chaining"), "{capped}");
+    }
+
+    #[test]
+    fn a_capped_session_keeps_the_ready_transition_time() {
+        let first = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
+        let capped = Outcome::Ready {
+            role_arn: "arn:aws:iam::123456789012:role/app".into(),
+            expiration: at("2026-11-26T13:45:00Z"),
+            generation: 2,
+            message: ready_message(
+                "arn:aws:iam::123456789012:role/app",
+                at("2026-11-26T13:45:00Z"),
+                SessionLength::new(7200, true),
+            ),
+        };
+        let later = next(Some(&first), &capped, at("2026-11-26T12:45:00Z"));
+        assert_eq!(
+            later.conditions[0].last_transition_time,
+            "2026-11-26T12:00:00Z"
+        );
+        assert!(!is_transition(Some(&first), &later));
     }
 
     #[test]

@@ -66,7 +66,9 @@ kill "$child" 2>/dev/null
 for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$child" 2>/dev/null || break; sleep 0.2; done
 kill -9 "$child" 2>/dev/null
 wait "$child"
-[ -n "$KAIC_CLEANUP_DIR" ] && rm -rf "$KAIC_CLEANUP_DIR"
+rc=$?
+if [ -n "$KAIC_CLEANUP_DIR" ]; then rm -rf "$KAIC_CLEANUP_DIR"; fi
+exit $rc
 "#;
 
 /// Starts `program` under the watchdog; its output goes to `log`.
@@ -143,6 +145,7 @@ pub struct Env {
     pub venv: PathBuf,
     pub etcd_url: String,
     apiserver_args: Vec<String>,
+    apiserver: std::sync::Mutex<Option<Child>>,
 }
 
 static ENV: OnceCell<Env> = OnceCell::const_new();
@@ -279,9 +282,11 @@ async fn start_env() -> Env {
         venv: venv.clone(),
         etcd_url,
         apiserver_args,
+        apiserver: std::sync::Mutex::new(None),
     };
     wait_for_etcd(&env_.etcd_url).await;
-    env_.start_apiserver().await;
+    let apiserver = env_.start_apiserver().await;
+    *env_.apiserver.lock().expect("lock") = Some(apiserver);
 
     let moto_port = free_port();
     spawn_watched(
@@ -339,12 +344,65 @@ async fn wait_for_etcd(url: &str) {
     panic!("etcd did not become healthy at {url} within 60s");
 }
 
-/// A plain HTTP/1.1 GET on 127.0.0.1 returning "STATUS BODY" (for etcd, moto and the admin server).
+/// Compacts etcd's history up to its current revision (etcd's v3 JSON gateway).
+pub async fn compact_etcd(url: &str) {
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("etcd port");
+    let range = http_post(port, "/v3/kv/range", r#"{"key":"AA==","range_end":"AA=="}"#)
+        .await
+        .expect("etcd range");
+    let body: serde_json::Value =
+        serde_json::from_str(range.split_once(' ').map(|(_, b)| b).unwrap_or("{}"))
+            .expect("etcd json");
+    let revision = body["header"]["revision"]
+        .as_str()
+        .expect("revision")
+        .to_string();
+    let out = http_post(
+        port,
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+    )
+    .await
+    .expect("etcd compaction");
+    assert!(out.starts_with("200"), "compaction: {out}");
+}
+
+/// A plain HTTP/1.0 POST of a JSON body on 127.0.0.1 returning "STATUS BODY".
+pub async fn http_post(port: u16, path: &str, body: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("timeout"))??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .to_string();
+    Ok(format!("{status} {body}"))
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 returning "STATUS BODY" (for etcd, moto and the admin server).
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();
@@ -394,6 +452,26 @@ impl Env {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    }
+
+    /// Stops kube-apiserver (etcd keeps the data), compacts etcd so that watches resuming from
+    /// an old resourceVersion get 410 Gone, and starts kube-apiserver again on the same port.
+    pub async fn restart_apiserver(&self) {
+        let old = self.apiserver.lock().expect("lock").take();
+        if let Some(mut watchdog) = old {
+            // SIGKILL to kube-apiserver itself (a crash; a graceful stop waits for watches to
+            // drain); its watchdog then ends.
+            let w = watchdog.id();
+            if let Ok(children) = std::fs::read_to_string(format!("/proc/{w}/task/{w}/children")) {
+                for pid in children.split_whitespace() {
+                    let _ = Command::new("kill").arg("-KILL").arg(pid).status();
+                }
+            }
+            let _ = watchdog.wait();
+        }
+        compact_etcd(&self.etcd_url).await;
+        let child = self.start_apiserver().await;
+        *self.apiserver.lock().expect("lock") = Some(child);
     }
 
     fn write_kubeconfig(&self) {
@@ -540,6 +618,7 @@ pub fn test_settings() -> Settings {
         base_role_arn: Some(BASE_ROLE_ARN.parse().expect("base")),
         backoff_base: Duration::from_millis(500),
         max_backoff: Duration::from_secs(5),
+        sts_options: Default::default(),
     }
 }
 
@@ -590,6 +669,7 @@ pub async fn run_controller(
         ),
         metrics: Arc::new(Metrics::new()),
         backoff: Backoff::default(),
+        leader: controller::leader::always_leader().1,
     });
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = oneshot::channel::<()>();
@@ -682,6 +762,8 @@ pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
         kube_aws_iam_controller::crd::AWSIAMRoleSpec {
             role_reference: reference.to_string(),
             role_session_duration: duration,
+            policy: None,
+            policy_arns: Vec::new(),
         },
     )
 }
@@ -703,6 +785,36 @@ impl Binary {
         http_get(self.admin_port, path).await.unwrap_or_default()
     }
 
+    /// The controller process itself (the watchdog's child).
+    pub fn pid(&self) -> Option<u32> {
+        let w = self.child.id();
+        std::fs::read_to_string(format!("/proc/{w}/task/{w}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the controller process and waits for it to end.
+    pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
+        }
+        self.child.wait().expect("watchdog exit")
+    }
+
+    /// The value of an unlabelled metric, if present.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.admin("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -719,6 +831,30 @@ pub fn binary_path() -> PathBuf {
 
 /// Starts the controller binary for namespace `ns` against `sts_endpoint`.
 pub async fn start_binary(env: &Env, ns: &str, sts_endpoint: &str, extra: &[&str]) -> Binary {
+    start_binary_with(env, ns, sts_endpoint, extra, Launch::default()).await
+}
+
+/// How [`start_binary_with`] starts the binary, beyond its flags.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Leave out `--base-role-arn`, so the controller discovers it.
+    pub discover_base_role_arn: bool,
+    /// The controller's own AWS configuration comes from these variables instead of the static
+    /// test key (e.g. `AWS_CONFIG_FILE` naming a `credentials.process`).
+    pub aws_env: Option<Vec<(&'static str, String)>>,
+    /// Runs it with this directory bind-mounted at /meta/aws-iam, as a pod that mounts a Secret.
+    pub meta_volume: Option<PathBuf>,
+}
+
+/// [`start_binary`] with control over discovery, the controller's own credentials and its
+/// /meta/aws-iam volume.
+pub async fn start_binary_with(
+    env: &Env,
+    ns: &str,
+    sts_endpoint: &str,
+    extra: &[&str],
+    launch: Launch,
+) -> Binary {
     let bin = binary_path();
     assert!(bin.exists(), "{} missing: run `cargo build`", bin.display());
     let admin_port = free_port();
@@ -728,25 +864,56 @@ pub async fn start_binary(env: &Env, ns: &str, sts_endpoint: &str, extra: &[&str
         format!("--namespace={ns}"),
         format!("--sts-endpoint={sts_endpoint}"),
         "--sts-region=us-east-1".into(),
-        format!("--base-role-arn={BASE_ROLE_ARN}"),
         format!("--admin-addr=127.0.0.1:{admin_port}"),
     ];
+    if !launch.discover_base_role_arn {
+        args.push(format!("--base-role-arn={BASE_ROLE_ARN}"));
+    }
+    if !extra.iter().any(|a| a.starts_with("--lease-namespace")) {
+        // Each test's replicas elect a leader among themselves only.
+        args.push(format!("--lease-namespace={ns}"));
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let child = spawn_watched(
-        &bin,
-        &args,
-        &log,
-        &[
+    let aws_env = launch.aws_env.unwrap_or_else(|| {
+        vec![
             ("AWS_ACCESS_KEY_ID", "AKIDCONTROLLER000000".into()),
             ("AWS_SECRET_ACCESS_KEY", "controller-secret".into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ],
-    );
-    let b = Binary { child, admin_port, log };
+        ]
+    });
+    let child = match &launch.meta_volume {
+        None => spawn_watched(&bin, &args, &log, &aws_env),
+        Some(dir) => {
+            // As in_pod_view: a private mount namespace with `dir` at /meta/aws-iam; `unshare`
+            // and `sh` exec the controller, so the watchdog's child is the controller itself.
+            std::fs::create_dir_all("/meta/aws-iam")
+                .expect("create /meta/aws-iam mount point (run as root)");
+            let mut wrapped = vec![
+                "--mount".to_string(),
+                "--propagation".into(),
+                "private".into(),
+                "sh".into(),
+                "-c".into(),
+                "mount --bind \"$0\" /meta/aws-iam && exec \"$@\"".into(),
+                dir.display().to_string(),
+                bin.display().to_string(),
+            ];
+            wrapped.extend(args);
+            spawn_watched(Path::new("unshare"), &wrapped, &log, &aws_env)
+        }
+    };
+    let b = Binary {
+        child,
+        admin_port,
+        log,
+    };
     wait_for("the controller's admin server", || async {
-        http_get(b.admin_port, "/healthz").await.ok().filter(|r| r.starts_with("200"))
+        http_get(b.admin_port, "/healthz")
+            .await
+            .ok()
+            .filter(|r| r.starts_with("200"))
     })
     .await;
     b
@@ -760,10 +927,22 @@ pub fn aws_cli_identity(env: &Env, volume: &Path, sts_endpoint: &str) -> Result<
     let out = in_pod_view(
         volume,
         &aws,
-        &["sts", "get-caller-identity", "--query", "Arn", "--output", "text", "--endpoint-url", sts_endpoint],
+        &[
+            "sts",
+            "get-caller-identity",
+            "--query",
+            "Arn",
+            "--output",
+            "text",
+            "--endpoint-url",
+            sts_endpoint,
+        ],
     )
     .env("AWS_CONFIG_FILE", "/meta/aws-iam/credentials.process")
-    .env("AWS_SHARED_CREDENTIALS_FILE", "/meta/aws-iam/credentials.process")
+    .env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/meta/aws-iam/credentials.process",
+    )
     .env("AWS_DEFAULT_REGION", "us-east-1")
     .env_remove("AWS_ACCESS_KEY_ID")
     .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -776,4 +955,107 @@ pub fn aws_cli_identity(env: &Env, volume: &Path, sts_endpoint: &str) -> Result<
     } else {
         Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
+}
+
+/// The version of amazon-ec2-metadata-mock the IMDS tests run (scripts/build-imds-mock.sh).
+pub const IMDS_MOCK_VERSION: &str = "v1.13.0";
+
+/// Path of the amazon-ec2-metadata-mock binary: `KAIC_IMDS_MOCK`, else the build script's cache.
+pub fn imds_mock_path() -> PathBuf {
+    std::env::var_os("KAIC_IMDS_MOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_dir()
+                .join("imds-mock")
+                .join(IMDS_MOCK_VERSION)
+                .join("ec2-metadata-mock")
+        })
+}
+
+/// amazon-ec2-metadata-mock running on 127.0.0.1.
+pub struct ImdsMock {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Drop for ImdsMock {
+    fn drop(&mut self) {
+        // SIGTERM to the watchdog: it stops the mock.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts amazon-ec2-metadata-mock whose `iam/info` names `instance_profile_arn`;
+/// `imdsv2_only` makes every metadata request need a session token.
+pub async fn start_imds_mock(env: &Env, instance_profile_arn: &str, imdsv2_only: bool) -> ImdsMock {
+    let bin = imds_mock_path();
+    check_binary(
+        &bin,
+        "scripts/build-imds-mock.sh (or set KAIC_IMDS_MOCK to the binary)",
+    );
+    let port = free_port();
+    let config = env.dir.join(format!("aemm-{port}.json"));
+    let doc = serde_json::json!({"metadata": {"values": {"iam-info": {
+        "Code": "Success",
+        "LastUpdated": "2026-11-26T12:00:00Z",
+        "InstanceProfileArn": instance_profile_arn,
+        "InstanceProfileId": "AIPAKAICTEST00000001",
+    }}}});
+    std::fs::write(&config, doc.to_string()).expect("write mock config");
+    let log = env.dir.join(format!("aemm-{port}.log"));
+    let mut args = vec![
+        "--hostname".to_string(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--config-file".into(),
+        config.display().to_string(),
+    ];
+    if imdsv2_only {
+        args.push("--imdsv2".into());
+    }
+    // HOME: the mock looks for a default config file there; give it an empty one.
+    let child = spawn_watched(
+        &bin,
+        &args,
+        &log,
+        &[("HOME", env.dir.display().to_string())],
+    );
+    wait_for_tcp(port, "amazon-ec2-metadata-mock", &log).await;
+    ImdsMock {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        port,
+        log,
+        child,
+    }
+}
+
+/// Keeps `dir` laid out with the current data of Secret `ns/name`, as the kubelet keeps a
+/// mounted Secret volume up to date, until the returned task is aborted.
+pub fn follow_secret(
+    client: Client,
+    ns: &str,
+    name: &str,
+    dir: PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Secret> = Api::namespaced(client, ns);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            if let Ok(Some(s)) = api.get_opt(&name).await
+                && s.metadata.resource_version != seen
+            {
+                project_secret(&dir, &s);
+                seen = s.metadata.resource_version.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
 }

@@ -84,6 +84,8 @@ pub struct RecordedRequest {
     /// The HTTP status answered; 0 while the request is still being served
     /// (or if the client went away before the answer).
     pub status: u16,
+    /// When the request arrived (before any [`StsDouble::latency`]).
+    pub received_at: std::time::Instant,
 }
 
 /// A session the double issued.
@@ -439,6 +441,7 @@ async fn handle(
         transitive_tag_keys: members(&params, "TransitiveTagKeys", None),
         caller_access_key: caller_access_key(&headers),
         status: 0,
+        received_at: std::time::Instant::now(),
     };
     let index = {
         let mut inner = shared.lock();

@@ -1,0 +1,67 @@
+//! Settles the base role ARN when `--base-role-arn` is not given: from the EC2 instance
+//! profile (IMDS), as the Go controller does; otherwise from the controller's own identity
+//! (STS `GetCallerIdentity`), which also works off EC2 (IRSA, other clouds, seed credentials).
+
+use tracing::{info, warn};
+
+use super::arn::{self, BaseRoleArn};
+use super::imds::{self, ImdsSettings};
+use super::sts::StsIssuer;
+
+/// Where the base role ARN came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Imds(imds::ImdsVersion),
+    CallerIdentity,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Imds(v) => v.as_str(),
+            Source::CallerIdentity => "GetCallerIdentity",
+        }
+    }
+}
+
+/// The base role ARN from IMDS (unless `imds` is `None`), else from `GetCallerIdentity`.
+/// Logs the prefix found and where from; `None` (with a warning) when neither works, in which
+/// case only full role ARNs can be used until a restart.
+pub async fn base_role_arn(
+    imds: Option<&ImdsSettings>,
+    sts: &StsIssuer,
+) -> Option<(BaseRoleArn, Source)> {
+    if let Some(settings) = imds {
+        match imds::instance_profile_arn(settings).await {
+            Ok((profile, version)) => match arn::base_from_identity(&profile) {
+                Ok(base) => {
+                    let source = Source::Imds(version);
+                    info!(base_role_arn = %base, source = source.as_str(), instance_profile = profile, "base role ARN discovered");
+                    return Some((base, source));
+                }
+                Err(e) => {
+                    warn!(error = %e, "instance profile ARN from IMDS is unusable; asking STS")
+                }
+            },
+            Err(e) => {
+                info!(endpoint = settings.endpoint, error = %e, "no instance profile from IMDS; asking STS GetCallerIdentity")
+            }
+        }
+    }
+    match sts.caller_arn().await {
+        Ok(identity) => match arn::base_from_identity(&identity) {
+            Ok(base) => {
+                info!(base_role_arn = %base, source = Source::CallerIdentity.as_str(), identity, "base role ARN discovered");
+                Some((base, Source::CallerIdentity))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot derive a base role ARN; only full role ARNs will work");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "GetCallerIdentity failed; only full role ARNs will work until restart");
+            None
+        }
+    }
+}
