@@ -539,7 +539,7 @@ pub fn rand_suffix() -> String {
         .collect()
 }
 
-async fn install_crd(client: &Client) {
+pub async fn install_crd(client: &Client) {
     let yaml = std::fs::read_to_string(repo().join("deploy/crd.yaml")).expect("deploy/crd.yaml");
     let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("crd yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

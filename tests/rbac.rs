@@ -1,0 +1,146 @@
+//! The shipped RBAC (deploy/rbac.yaml) is enough: the binary runs as its ServiceAccount, with a
+//! token the API server signed, watches all namespaces, elects itself leader in kube-system and
+//! does its whole job. A test binary of its own: it uses the cluster-wide Lease.
+
+mod support;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+
+use kube_aws_iam_controller::crd::AWSIAMRole;
+use support::{Binary, data, env, role, spawn_watched, wait_for};
+
+async fn apply_manifest(client: &kube::Client, path: &str) {
+    let text = std::fs::read_to_string(support::repo().join(path)).expect("manifest");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let obj: DynamicObject = match serde::Deserialize::deserialize(doc) {
+            Ok(o) => o,
+            Err(_) => continue,
+        };
+        let types = obj.types.clone().expect("apiVersion/kind");
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &types.api_version));
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let api: Api<DynamicObject> = match &obj.metadata.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let name = obj.metadata.name.clone().expect("name");
+        api.patch(
+            &name,
+            &PatchParams::apply("kaic-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {path} {}/{name}: {e}", types.kind));
+    }
+}
+
+#[tokio::test]
+async fn the_shipped_rbac_is_enough_for_the_whole_job() {
+    let env = env().await;
+    let admin = env.client().await;
+    apply_manifest(&admin, "deploy/rbac.yaml").await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "kube-system");
+    let token = sas
+        .create_token_request(
+            "kube-aws-iam-controller",
+            &PostParams::default(),
+            &TokenRequest::default(),
+        )
+        .await
+        .expect("token")
+        .status
+        .expect("status")
+        .token
+        .expect("token");
+    let kubeconfig = env.dir.join("kubeconfig-sa");
+    let original = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
+    let user_start = original.find("users:").expect("users");
+    let ctx_start = original.find("contexts:").expect("contexts");
+    let with_token = format!(
+        "{}users:\n- name: admin\n  user:\n    token: {token}\n{}",
+        &original[..user_start],
+        &original[ctx_start..]
+    );
+    std::fs::write(&kubeconfig, with_token).expect("write kubeconfig");
+
+    let ns = env.namespace(&admin, "rbac").await;
+    let admin_port = support::free_port();
+    let log = env.dir.join("controller-rbac.log");
+    let child = spawn_watched(
+        &support::binary_path(),
+        &[
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--sts-endpoint={}", env.moto_endpoint),
+            "--sts-region=us-east-1".into(),
+            format!("--base-role-arn={}", support::BASE_ROLE_ARN),
+            format!("--admin-addr=127.0.0.1:{admin_port}"),
+            "--lease-namespace=kube-system".into(),
+        ],
+        &log,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDCONTROLLER000000".into()),
+            ("AWS_SECRET_ACCESS_KEY", "controller-secret".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ],
+    );
+    let bin = Binary {
+        child,
+        admin_port,
+        log,
+    };
+    wait_for("leader and ready as the ServiceAccount", || async {
+        let ready = bin.admin("/readyz").await.starts_with("200");
+        (ready && bin.metric("kaic_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+
+    let roles: Api<AWSIAMRole> = Api::namespaced(admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &role("rbac-role", "rbac-role", 3600),
+        )
+        .await
+        .expect("create");
+    let s = wait_for("secret", || async {
+        secrets.get_opt("rbac-role").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        data(&s, "role-arn"),
+        format!("{}rbac-role", support::BASE_ROLE_ARN)
+    );
+    wait_for("status and event written", || async {
+        let r = roles.get("rbac-role").await.ok()?;
+        r.ready_condition().filter(|c| c.status == "True")?;
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &ns);
+        let evs = events.list(&Default::default()).await.ok()?;
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CreateCredentials"))
+            .then_some(())
+    })
+    .await;
+    roles
+        .delete("rbac-role", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("secret removed", || async {
+        matches!(secrets.get_opt("rbac-role").await, Ok(None)).then_some(())
+    })
+    .await;
+    let logs = bin.logs();
+    assert!(
+        !logs.contains("forbidden"),
+        "RBAC denied something:\n{logs}"
+    );
+    bin.kill();
+}
