@@ -64,7 +64,7 @@ pub struct Args {
 
 #[derive(Clone, Debug, ClapArgs)]
 pub struct KubeArgs {
-    /// Path to a kubeconfig; in-cluster configuration when neither this nor KUBECONFIG is set.
+    /// Path to one kubeconfig file; when unset, ~/.kube/config if present, else the in-cluster configuration.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<String>,
     /// API server URL, overriding the kubeconfig's (the Go controller's flag).

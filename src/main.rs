@@ -22,18 +22,19 @@ use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, b
 use kube_aws_iam_controller::metrics::Metrics;
 use kube_aws_iam_controller::{Error, Result};
 
-fn init_tracing(args: &Args) {
+fn init_tracing(args: &Args) -> std::result::Result<(), String> {
     let level = if args.runtime.debug {
         "debug"
     } else {
         args.runtime.log_level.as_str()
     };
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match args.runtime.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
+    Ok(())
 }
 
 async fn kube_client(args: &Args) -> Result<kube::Client> {
@@ -233,7 +234,10 @@ async fn run(args: Args) -> Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(&args);
+    if let Err(e) = init_tracing(&args) {
+        eprintln!("kube-aws-iam-controller: {e}");
+        return ExitCode::from(2);
+    }
     let result = match &args.command {
         Some(Command::Bootstrap(b)) => bootstrap::run(b).await.map(|seeded| println!("{seeded}")),
         None => run(args).await,
