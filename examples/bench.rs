@@ -31,7 +31,10 @@ async fn secrets_count(api: &Api<Secret>) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let roles_n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(300);
+    let roles_n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
     let latency = Duration::from_millis(100);
     let env = env().await;
     let client = env.client().await;
@@ -44,12 +47,21 @@ async fn main() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for i in 0..roles_n {
         let name = format!("bench-{i}");
-        roles.create(&PostParams::default(), &role(&name, &name, 3600)).await.expect("create");
+        roles
+            .create(&PostParams::default(), &role(&name, &name, 3600))
+            .await
+            .expect("create");
     }
     println!("bench: {roles_n} AWSIAMRoles, STS latency {latency:?}, --concurrency 16 (default)");
 
     let t = Instant::now();
-    let bin = start_binary(env, &ns, &sts.endpoint, &["--leader-elect=false", "--log-level=warn"]).await;
+    let bin = start_binary(
+        env,
+        &ns,
+        &sts.endpoint,
+        &["--leader-elect=false", "--log-level=warn"],
+    )
+    .await;
     wait_for_within("all Secrets", Duration::from_secs(1800), || async {
         (secrets_count(&secrets).await == roles_n).then_some(())
     })
@@ -66,7 +78,13 @@ async fn main() {
 
     let before = sts.total_calls();
     let t = Instant::now();
-    let bin = start_binary(env, &ns, &sts.endpoint, &["--leader-elect=false", "--log-level=warn"]).await;
+    let bin = start_binary(
+        env,
+        &ns,
+        &sts.endpoint,
+        &["--leader-elect=false", "--log-level=warn"],
+    )
+    .await;
     wait_for_within("ready", Duration::from_secs(600), || async {
         Some(bin.admin("/readyz").await).filter(|r| r.starts_with("200"))
     })

@@ -37,13 +37,13 @@ const MOUNT: &str = "/meta/aws-iam";
 /// The AWSIAMRole (and Secret) of every case; each case has its own namespace.
 const APP: &str = "app";
 /// Credentials the STS double issues expire this long after issue, whatever was asked for.
-const LIFETIME: Duration = Duration::from_secs(24);
-/// The controller renews this long before expiry, so every `LIFETIME - REFRESH` (4 s). The
-/// Java SDKs re-run `credential_process` 15 s before expiry, so a key must still have more than
-/// that left when they read it: `LIFETIME - (LIFETIME - REFRESH)` is 20 s.
-const REFRESH: Duration = Duration::from_secs(20);
-/// Calls of a rotation run, one a second: longer than two lifetimes, so an SDK that re-reads only
-/// at expiry (Go) switches keys twice.
+const LIFETIME: Duration = Duration::from_secs(22);
+/// The controller renews this long before expiry, so every `LIFETIME - REFRESH` (4 s, a little
+/// less with its jitter). A key read from the volume thus has at least about 17 s left, more
+/// than the 15 s before expiry at which the Java SDKs run `credential_process` again.
+const REFRESH: Duration = Duration::from_secs(18);
+/// Calls of a rotation run, one a second. An SDK that re-reads only at expiry (Go) gets its third
+/// key at most two lifetimes after the first was issued (44 s), before the run ends.
 const CALLS: u32 = 50;
 /// Access keys a client must have used to count as refreshing: two switches.
 const KEYS_FOR_REFRESH: usize = 3;

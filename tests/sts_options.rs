@@ -445,3 +445,29 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test]
+async fn a_controller_role_that_cannot_be_assumed_is_reported_as_such_not_as_a_network_error() {
+    let env = env().await;
+    let client = env.client().await;
+    let ns = env.namespace(&client, "ctrldenied").await;
+    let sts = StsDouble::start().await;
+    let controller_arn = format!("{PREFIX}kaic-controller");
+    sts.deny(&controller_arn);
+    let bin = start_binary(env, &ns, &sts.endpoint, &["--assume-role=kaic-controller"]).await;
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
+    roles
+        .create(&PostParams::default(), &role("app", "app", 3600))
+        .await
+        .expect("create");
+    let r = ready(&roles, "app", "False").await;
+    let c = r.ready_condition().expect("condition");
+    assert_eq!(c.reason, "ControllerCredentialsInvalid", "{}", c.message);
+    assert!(c.message.contains("--assume-role"), "{}", c.message);
+    assert_eq!(
+        assume_requests(&sts, &format!("{PREFIX}app")).len(),
+        0,
+        "no AWSIAMRole is assumed without the controller's session"
+    );
+    bin.kill();
+}

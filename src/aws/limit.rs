@@ -64,7 +64,8 @@ impl Bucket {
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.qps)
+            // A rate so low that the wait does not fit a Duration waits "forever".
+            Duration::try_from_secs_f64(-self.tokens / self.qps).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -138,6 +139,14 @@ mod tests {
                 Duration::from_millis(1500),
             ]
         );
+    }
+
+    #[test]
+    fn an_absurdly_low_rate_waits_instead_of_panicking() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(1e-300, 1, t0);
+        assert_eq!(b.reserve(t0), Duration::ZERO);
+        assert_eq!(b.reserve(t0), Duration::MAX);
     }
 
     #[test]

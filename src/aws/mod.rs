@@ -98,7 +98,8 @@ impl IssueError {
             "ExpiredToken"
             | "ExpiredTokenException"
             | "InvalidClientTokenId"
-            | "SignatureDoesNotMatch" => "ControllerCredentialsInvalid",
+            | "SignatureDoesNotMatch"
+            | "ControllerCredentials" => "ControllerCredentialsInvalid",
             "Throttling" | "ThrottlingException" | "RequestLimitExceeded" => "Throttled",
             "Timeout" => "Timeout",
             "Network" => "NetworkError",

@@ -197,6 +197,19 @@ fn timeout_error(d: Duration) -> IssueError {
     }
 }
 
+/// True when `err` or one of its sources is a failure to get the controller's own credentials
+/// (the SDK reports those as dispatch failures, which would otherwise read as network errors).
+fn is_credentials_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// Sorts an SDK error into permanent or transient; keeps only the STS code and message.
 pub fn classify<E, R>(err: SdkError<E, R>) -> IssueError
 where
@@ -225,6 +238,17 @@ where
             code: "Timeout".into(),
             message: "STS request timed out".into(),
         },
+        SdkError::DispatchFailure(df)
+            if df
+                .as_connector_error()
+                .is_some_and(|e| is_credentials_failure(e)) =>
+        {
+            IssueError {
+                kind: FailureKind::Transient,
+                code: "ControllerCredentials".into(),
+                message: "the controller's own AWS credentials could not be loaded (or, with --assume-role, its role could not be assumed); see the controller's log".into(),
+            }
+        }
         SdkError::DispatchFailure(_) => IssueError {
             kind: FailureKind::Transient,
             code: "Network".into(),

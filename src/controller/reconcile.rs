@@ -116,7 +116,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    // Under role chaining at most one hour; renewal is planned from what is asked for.
+    // At most one hour under role chaining; the refresh window follows what is sent.
     let length = sts_options.session_length(role.spec.role_session_duration);
     let session = length.seconds;
     let stored = existing.as_ref().and_then(secret::read);

@@ -90,6 +90,10 @@ pub fn spawn_watched(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    // Only the variables a test passes: no AWS_* from the developer's shell.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+        cmd.env_remove(k);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
