@@ -12,7 +12,14 @@ export KAIC_CONTROL_PLANE_DIR KAIC_VENV KAIC_SDK_DIR KAIC_IMDS_MOCK
 echo "test.sh: tools ready after $(( $(date +%s) - started ))s" >&2
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --all-targets
+cargo build --locked --examples
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --lib --tests 2>&1 | tee "$log"
+count() { awk -v w="$1" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" w) n += $(i-1) } END { print n + 0 }' "$log"; }
+passed=$(count passed)
+failed=$(count failed)
 # The README's first command must keep working too.
 scripts/demo.sh
 echo "test.sh: finished in $(( $(date +%s) - started ))s" >&2
+echo "tests: $passed passed, $failed failed"
