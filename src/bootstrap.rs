@@ -8,7 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 use tracing::info;
 
@@ -46,22 +46,6 @@ impl std::fmt::Display for Seeded {
     }
 }
 
-async fn kube_client(kubeconfig: Option<&str>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("kubeconfig {path}: {e}")))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| Error::Config(format!("kubeconfig {path}: {e}")))?
-        }
-        None => kube::Config::infer().await.map_err(|e| {
-            Error::Config(format!("no kubeconfig or in-cluster configuration: {e}"))
-        })?,
-    };
-    Ok(Client::try_from(config)?)
-}
-
 /// The controller's role ARN: `--role` as is when it is an ARN, else a name in the account of
 /// `--base-role-arn` or, without it, of the caller.
 async fn role_arn(args: &BootstrapArgs, sts: &StsIssuer) -> Result<RoleArn> {
@@ -83,7 +67,7 @@ async fn role_arn(args: &BootstrapArgs, sts: &StsIssuer) -> Result<RoleArn> {
 
 /// Runs `bootstrap`: assume, write the AWSIAMRole, write its Secret.
 pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = crate::kubeclient::client(args.kubeconfig.as_deref(), None).await?;
     let sdk = load_config(&StsSettings {
         region: args.aws.sts_region.clone(),
         endpoint: args.aws.sts_endpoint.clone(),

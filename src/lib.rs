@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod kubeclient;
 pub mod metrics;
 
 /// Errors of the reconcile loop and the process around it. Messages never contain credentials.

@@ -37,27 +37,6 @@ fn init_tracing(args: &Args) -> std::result::Result<(), String> {
     Ok(())
 }
 
-async fn kube_client(args: &Args) -> Result<kube::Client> {
-    let mut config = match &args.kube.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("kubeconfig {path}: {e}")))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| Error::Config(format!("kubeconfig {path}: {e}")))?
-        }
-        None => kube::Config::infer().await.map_err(|e| {
-            Error::Config(format!("no in-cluster or kubeconfig configuration: {e}"))
-        })?,
-    };
-    if let Some(url) = &args.kube.apiserver {
-        config.cluster_url = url
-            .parse()
-            .map_err(|e| Error::Config(format!("--apiserver {url}: {e}")))?;
-    }
-    Ok(kube::Client::try_from(config)?)
-}
-
 async fn base_role_arn(args: &Args, issuer: &StsIssuer) -> Result<Option<BaseRoleArn>> {
     if let Some(base) = &args.aws.base_role_arn {
         let base: BaseRoleArn = base
@@ -93,7 +72,11 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let client = kube_client(&args).await?;
+    let client = kube_aws_iam_controller::kubeclient::client(
+        args.kube.kubeconfig.as_deref(),
+        args.kube.apiserver.as_deref(),
+    )
+    .await?;
     let sdk_config = load_config(&StsSettings {
         region: args.aws.sts_region.clone(),
         endpoint: args.aws.sts_endpoint.clone(),

@@ -106,25 +106,17 @@ async fn moto_issues_credentials_that_boto3_uses_as_the_assumed_role() {
         })
         .await
         .expect("AssumeRole against moto");
-    let out = std::process::Command::new(env.venv.join("bin/python"))
-        .args([
-            "-c",
-            "import boto3,os; print(boto3.client('sts', endpoint_url=os.environ['EP'], region_name='us-east-1').get_caller_identity()['Arn'])",
-        ])
-        .env("EP", &env.moto_endpoint)
-        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
-        .env("AWS_SESSION_TOKEN", &creds.session_token)
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("run boto3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let arn = support::boto3_identity(
+        env,
+        &env.moto_endpoint,
+        &[
+            ("AWS_ACCESS_KEY_ID", creds.access_key_id.as_ref()),
+            ("AWS_SECRET_ACCESS_KEY", creds.secret_access_key.as_ref()),
+            ("AWS_SESSION_TOKEN", creds.session_token.as_ref()),
+        ],
     );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        arn,
         "arn:aws:sts::123456789012:assumed-role/bed-check/bed@check"
     );
 }

@@ -121,22 +121,14 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
     // boto3 reads the `credentials` file the Secret provides and is the role.
     let dir = tempfile::tempdir().expect("tmp");
     support::project_secret(dir.path(), &s);
-    let out = std::process::Command::new(env.venv.join("bin/python"))
-        .args(["-c", "import boto3,os; print(boto3.client('sts', endpoint_url=os.environ['EP'], region_name='us-east-1').get_caller_identity()['Arn'])"])
-        .env("EP", &env.moto_endpoint)
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("credentials"))
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .output()
-        .expect("boto3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let creds_file = dir.path().join("credentials");
+    let arn = support::boto3_identity(
+        env,
+        &env.moto_endpoint,
+        &[("AWS_SHARED_CREDENTIALS_FILE", creds_file.as_os_str())],
     );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        arn,
         format!("arn:aws:sts::123456789012:assumed-role/s3-reader/{ns}@reader")
     );
     ctl.stop().await;

@@ -1063,3 +1063,28 @@ pub fn follow_secret(
         }
     })
 }
+
+/// boto3's `GetCallerIdentity` ARN against `endpoint`, with the given environment (credentials
+/// through a file or variables); nothing else of the caller's AWS environment is passed.
+pub fn boto3_identity(env: &Env, endpoint: &str, vars: &[(&str, &std::ffi::OsStr)]) -> String {
+    let mut cmd = Command::new(env.venv.join("bin/python"));
+    cmd.args([
+        "-c",
+        "import boto3,os; print(boto3.client('sts', endpoint_url=os.environ['EP'], region_name='us-east-1').get_caller_identity()['Arn'])",
+    ])
+    .env("EP", endpoint)
+    .env("AWS_CONFIG_FILE", "/dev/null");
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run boto3");
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
