@@ -49,9 +49,21 @@ async fn base_role_arn(args: &Args, issuer: &StsIssuer) -> Result<Option<BaseRol
         |k| std::env::var(k).ok(),
         std::time::Duration::from_secs(1),
     );
-    Ok(discover::base_role_arn(imds.as_ref(), issuer)
-        .await
-        .map(|(base, _)| base))
+    // Bare role names need the base: wait for STS rather than run without it.
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        match discover::try_base_role_arn(imds.as_ref(), issuer).await {
+            Ok(found) => return Ok(found.map(|(base, _)| base)),
+            Err(_) => {
+                warn!(
+                    retry_in_s = delay.as_secs(),
+                    "base role ARN discovery failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

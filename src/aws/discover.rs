@@ -25,19 +25,20 @@ impl Source {
 }
 
 /// The base role ARN from IMDS (unless `imds` is `None`), else from `GetCallerIdentity`.
-/// Logs the prefix found and where from; `None` (with a warning) when neither works, in which
-/// case only full role ARNs can be used until a restart.
-pub async fn base_role_arn(
+/// Logs the prefix found and where from; `None` (with a warning) when the identity yields no
+/// base, in which case only full role ARNs can be used. `Err` when STS could not be asked:
+/// the caller retries.
+pub async fn try_base_role_arn(
     imds: Option<&ImdsSettings>,
     sts: &StsIssuer,
-) -> Option<(BaseRoleArn, Source)> {
+) -> Result<Option<(BaseRoleArn, Source)>, super::IssueError> {
     if let Some(settings) = imds {
         match imds::instance_profile_arn(settings).await {
             Ok((profile, version)) => match arn::base_from_identity(&profile) {
                 Ok(base) => {
                     let source = Source::Imds(version);
                     info!(base_role_arn = %base, source = source.as_str(), instance_profile = profile, "base role ARN discovered");
-                    return Some((base, source));
+                    return Ok(Some((base, source)));
                 }
                 Err(e) => {
                     warn!(error = %e, "instance profile ARN from IMDS is unusable; asking STS")
@@ -52,16 +53,24 @@ pub async fn base_role_arn(
         Ok(identity) => match arn::base_from_identity(&identity) {
             Ok(base) => {
                 info!(base_role_arn = %base, source = Source::CallerIdentity.as_str(), identity, "base role ARN discovered");
-                Some((base, Source::CallerIdentity))
+                Ok(Some((base, Source::CallerIdentity)))
             }
             Err(e) => {
                 warn!(error = %e, "cannot derive a base role ARN; only full role ARNs will work");
-                None
+                Ok(None)
             }
         },
         Err(e) => {
-            warn!(error = %e, "GetCallerIdentity failed; only full role ARNs will work until restart");
-            None
+            warn!(error = %e, "GetCallerIdentity failed");
+            Err(e)
         }
     }
+}
+
+/// [`try_base_role_arn`], with `None` when STS could not be asked (tests and one-shot use).
+pub async fn base_role_arn(
+    imds: Option<&ImdsSettings>,
+    sts: &StsIssuer,
+) -> Option<(BaseRoleArn, Source)> {
+    try_base_role_arn(imds, sts).await.ok().flatten()
 }

@@ -365,7 +365,8 @@ async fn fail(
     .await
 }
 
-/// True when the Secret's data, type, labels or owner reference differ from what we would write.
+/// True when any key, label or the owner reference we write is missing or different, or the
+/// type differs. Keys and labels others added are left alone (and do not cause a write).
 fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
     let labels = existing.labels();
     let labels_ok = desired
@@ -377,7 +378,13 @@ fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
         .owner_references()
         .iter()
         .all(|d| owners.iter().any(|o| o.uid == d.uid));
-    existing.data != desired.data || !labels_ok || !owner_ok || existing.type_ != desired.type_
+    let data = existing.data.clone().unwrap_or_default();
+    let data_ok = desired
+        .data
+        .iter()
+        .flatten()
+        .all(|(k, v)| data.get(k) == Some(v));
+    !data_ok || !labels_ok || !owner_ok || existing.type_ != desired.type_
 }
 
 /// Creates the Secret, or applies it with the resourceVersion we checked ownership against,
