@@ -377,49 +377,33 @@ pub async fn compact_etcd(url: &str) {
 
 /// A plain HTTP/1.0 POST of a JSON body on 127.0.0.1 returning "STATUS BODY".
 pub async fn http_post(port: u16, path: &str, body: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::other("timeout"))??;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("")
-        .to_string();
-    Ok(format!("{status} {body}"))
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    http_request(port, format!("{head}{body}")).await
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 returning "STATUS BODY" (for etcd, moto and the admin server).
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http_request(
+        port,
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn http_request(port: u16, request: String) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
+    s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await
         .map_err(|_| std::io::Error::other("timeout"))??;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1).unwrap_or("0").to_string();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or("")
-        .to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok(format!("{status} {body}"))
 }
 
