@@ -23,7 +23,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 
-echo "build-control-plane: building kube-apiserver and etcd $KUBE_VERSION into $OUT (cold: ~15 min)" >&2
+echo "build-control-plane: building kube-apiserver and etcd $KUBE_VERSION into $OUT (cold: about 7 min on 2 cores)" >&2
 gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
 [ -f "$gomod" ] || { echo "build-control-plane: cannot fetch k8s.io/kubernetes@$KUBE_VERSION" >&2; exit 1; }
 

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 KAIC_CONTROL_PLANE_DIR=$(scripts/build-control-plane.sh)
 KAIC_VENV=$(scripts/python-env.sh)
 export KAIC_CONTROL_PLANE_DIR KAIC_VENV
-cargo build --locked --bin kube-aws-iam-controller
+# Bins and examples in one build: the same dependency features as the tests (no rebuild).
+cargo build --locked --bins --examples
 exec cargo run --locked --example local_demo -- "$@"
