@@ -21,5 +21,13 @@ passed=$(count passed)
 failed=$(count failed)
 # The README's first command must keep working too.
 scripts/demo.sh
+# Nothing the tests started may outlive them (the watchdogs end it within a few seconds).
+sleep 3
+left=$(pgrep -af "$KAIC_CONTROL_PLANE_DIR/|moto_server|ec2-metadata-mock|$PWD/target/[a-z]+/kube-aws-iam-controller" | grep -v pgrep || true)
+if [ -n "$left" ]; then
+  echo "test.sh: processes left running after the tests:" >&2
+  echo "$left" >&2
+  exit 1
+fi
 echo "test.sh: finished in $(( $(date +%s) - started ))s" >&2
 echo "tests: $passed passed, $failed failed"

@@ -757,10 +757,23 @@ pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
 }
 
 /// The controller binary, started as a user starts it, against the local control plane.
+/// Dropped while running (a test that ends early or panics), it is stopped.
 pub struct Binary {
     pub child: Child,
     pub admin_port: u16,
     pub log: PathBuf,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM to the watchdog: its trap stops the controller and waits for it.
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Binary {
@@ -786,11 +799,19 @@ impl Binary {
 
     /// Sends `signal` (e.g. "KILL", "TERM") to the controller process and waits for it to end.
     pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(pid.to_string())
-                .status();
+        match self.pid() {
+            Some(pid) => {
+                let _ = Command::new("kill")
+                    .arg(format!("-{signal}"))
+                    .arg(pid.to_string())
+                    .status();
+            }
+            // No controller process (yet or any more): the watchdog's trap stops what it runs.
+            None => {
+                let _ = Command::new("kill")
+                    .arg(self.child.id().to_string())
+                    .status();
+            }
         }
         self.child.wait().expect("watchdog exit")
     }
@@ -803,9 +824,9 @@ impl Binary {
             .and_then(|v| v.trim().parse().ok())
     }
 
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGKILL to the controller process (never to its watchdog alone, which would orphan it).
+    pub fn kill(self) {
+        self.signal("KILL");
     }
 }
 
