@@ -3,17 +3,21 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use support::{Scene, scene};
 
-use kube_aws_iam_controller::crd::AWSIAMRole;
-use support::{aws_cli_identity, data, env, project_secret, role, start_binary, wait_for};
+use kube::api::PostParams;
+
+use support::{aws_cli_identity, data, project_secret, role, start_binary, wait_for};
 
 #[tokio::test]
 async fn the_binary_issues_credentials_the_aws_cli_uses_and_logs_no_secret() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "binary").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("binary").await;
     let bin = start_binary(
         env,
         &ns,
@@ -21,8 +25,6 @@ async fn the_binary_issues_credentials_the_aws_cli_uses_and_logs_no_secret() {
         &["--log-format=json", "--log-level=debug"],
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(
             &PostParams::default(),

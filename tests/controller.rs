@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{Scene, scene};
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Secret};
@@ -12,7 +14,7 @@ use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
-use support::{data, env, role, run_controller, sts_issuer, test_settings, wait_for};
+use support::{data, role, run_controller, sts_issuer, test_settings, wait_for};
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
 
@@ -57,9 +59,13 @@ fn reasons(evs: &[Event], reason: &str) -> usize {
 
 #[tokio::test]
 async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "create").await;
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("create").await;
     let ctl = run_controller(
         &client,
         &ns,
@@ -67,8 +73,6 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
         test_settings(),
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut r = role("reader", "team/s3-reader", 3600);
     r.metadata.labels = Some([("application".to_string(), "shop".to_string())].into());
     let created = roles
@@ -136,9 +140,13 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
 
 #[tokio::test]
 async fn credentials_are_renewed_before_expiry_with_the_minimum_of_sts_calls() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "renew").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("renew").await;
     let sts = StsDouble::start().await;
     let arn = format!("{ARN_PREFIX}renewed");
     // Credentials live 12 s; renew 5 s before expiry: about one renewal every 7 s.
@@ -146,8 +154,6 @@ async fn credentials_are_renewed_before_expiry_with_the_minimum_of_sts_calls() {
     let mut settings = test_settings();
     settings.refresh_limit = Duration::from_secs(5);
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("renewed", "renewed", 900))
         .await
@@ -173,9 +179,13 @@ async fn credentials_are_renewed_before_expiry_with_the_minimum_of_sts_calls() {
 
 #[tokio::test]
 async fn spec_change_issues_new_credentials_at_once() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "spec").await;
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("spec").await;
     let ctl = run_controller(
         &client,
         &ns,
@@ -183,8 +193,6 @@ async fn spec_change_issues_new_credentials_at_once() {
         test_settings(),
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("app", "first", 3600))
         .await
@@ -212,13 +220,15 @@ async fn spec_change_issues_new_credentials_at_once() {
 
 #[tokio::test]
 async fn deleted_or_edited_secret_is_restored() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "restore").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("restore").await;
     let sts = StsDouble::start().await;
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await
@@ -263,9 +273,13 @@ async fn deleted_or_edited_secret_is_restored() {
 
 #[tokio::test]
 async fn deleting_the_role_removes_its_secret_without_a_garbage_collector() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "delete").await;
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("delete").await;
     let ctl = run_controller(
         &client,
         &ns,
@@ -273,8 +287,6 @@ async fn deleting_the_role_removes_its_secret_without_a_garbage_collector() {
         test_settings(),
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("gone", "gone", 3600))
         .await
@@ -293,13 +305,15 @@ async fn deleting_the_role_removes_its_secret_without_a_garbage_collector() {
 
 #[tokio::test]
 async fn a_foreign_secret_of_the_same_name_is_never_touched() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "foreign").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("foreign").await;
     let sts = StsDouble::start().await;
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut foreign = Secret::default();
     foreign.metadata.name = Some("db".into());
     foreign.string_data = Some([("password".to_string(), "hunter2".to_string())].into());
@@ -345,15 +359,17 @@ async fn a_foreign_secret_of_the_same_name_is_never_touched() {
 
 #[tokio::test]
 async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "denied").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("denied").await;
     let sts = StsDouble::start().await;
     let arn = format!("{ARN_PREFIX}forbidden");
     sts.deny(&arn);
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("nope", "forbidden", 3600))
         .await
@@ -376,12 +392,11 @@ async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
 
 #[tokio::test]
 async fn invalid_references_are_reported_without_calling_sts() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "invalid").await;
+    let Scene {
+        client, ns, roles, ..
+    } = scene("invalid").await;
     let sts = StsDouble::start().await;
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     roles
         .create(
             &PostParams::default(),
@@ -397,9 +412,13 @@ async fn invalid_references_are_reported_without_calling_sts() {
 
 #[tokio::test]
 async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "transient").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("transient").await;
     let sts = StsDouble::start().await;
     let arn = format!("{ARN_PREFIX}flaky");
     sts.lifetime(&arn, Duration::from_secs(60));
@@ -408,8 +427,6 @@ async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
     settings.backoff_base = Duration::from_secs(1);
     settings.max_backoff = Duration::from_secs(4);
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("flaky", "flaky", 900))
         .await
@@ -449,13 +466,15 @@ async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
 
 #[tokio::test]
 async fn a_restarted_controller_does_not_reissue_valid_credentials() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "restart").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("restart").await;
     let sts = StsDouble::start().await;
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for name in ["one", "two", "six"] {
         roles
             .create(&PostParams::default(), &role(name, name, 3600))

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{Scene, scene};
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use serde_json::json;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
 use support::{
-    Binary, data, env, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
+    Binary, data, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
 };
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
@@ -30,9 +32,13 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn sts_outage_keeps_the_last_credentials_backs_off_and_recovers() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "outage").await;
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("outage").await;
     let sts = StsDouble::start().await;
     let arn = format!("{ARN_PREFIX}outage");
     // Credentials live 20 s and are renewed 15 s before expiry; the outage lasts 25 s, so it
@@ -43,8 +49,6 @@ async fn sts_outage_keeps_the_last_credentials_backs_off_and_recovers() {
     settings.backoff_base = Duration::from_secs(1);
     settings.max_backoff = Duration::from_secs(8);
     let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("outage", "outage", 900))
         .await
@@ -159,10 +163,13 @@ async fn converged(client: &Client, ns: &str) -> Option<()> {
 
 #[tokio::test]
 async fn controller_killed_at_random_points_converges_after_restart() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "sigkill").await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        ..
+    } = scene("sigkill").await;
     let mut rng = rand::rng();
     let mut alive: Vec<String> = Vec::new();
     let mut next = 0;
@@ -220,9 +227,13 @@ async fn leader_of<'a>(bins: &'a [&'a Binary]) -> Option<usize> {
 
 #[tokio::test]
 async fn two_replicas_issue_once_and_the_follower_takes_over() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "ha").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("ha").await;
     let sts = StsDouble::start().await;
     let lease = [
         "--lease-duration=6s",
@@ -231,8 +242,6 @@ async fn two_replicas_issue_once_and_the_follower_takes_over() {
     ];
     let a = start_binary(env, &ns, &sts.endpoint, &lease).await;
     let b = start_binary(env, &ns, &sts.endpoint, &lease).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let leader = wait_for("a leader", || async { leader_of(&[&a, &b]).await }).await;
     for name in ["ha-one", "ha-two", "ha-three"] {
         roles
@@ -315,9 +324,13 @@ async fn two_replicas_issue_once_and_the_follower_takes_over() {
 
 #[tokio::test]
 async fn sigterm_releases_the_lease_so_the_follower_takes_over_at_once() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "term").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("term").await;
     let sts = StsDouble::start().await;
     // A long lease: only a released Lease lets the follower take over quickly.
     let lease = ["--lease-duration=60s", "--lease-grace=10s"];
@@ -341,8 +354,6 @@ async fn sigterm_releases_the_lease_so_the_follower_takes_over_at_once() {
         second.logs()
     );
     eprintln!("takeover after SIGTERM of the leader: {takeover:?}");
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("after", "after", 3600))
         .await

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{Scene, scene};
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -12,8 +14,7 @@ use kube::api::{Api, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::{RecordedRequest, StsDouble};
 use support::{
-    data, env, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
-    wait_for_within,
+    data, role, run_controller, start_binary, sts_issuer, test_settings, wait_for, wait_for_within,
 };
 
 const PREFIX: &str = "arn:aws:iam::123456789012:role/";
@@ -52,9 +53,13 @@ fn tags(r: &RecordedRequest) -> Vec<(&str, &str)> {
 
 #[tokio::test]
 async fn tags_source_identity_external_id_and_policies_arrive_as_sent() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "opts").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("opts").await;
     let sts = StsDouble::start().await;
     let bin = start_binary(
         env,
@@ -68,8 +73,6 @@ async fn tags_source_identity_external_id_and_policies_arrive_as_sent() {
         ],
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut scoped = role("scoped", "reports-reader", 3600);
     scoped.spec.policy = Some(POLICY.into());
     scoped.spec.policy_arns = vec![READ_ONLY.into(), TEAM_POLICY.into()];
@@ -121,9 +124,13 @@ async fn tags_source_identity_external_id_and_policies_arrive_as_sent() {
 
 #[tokio::test]
 async fn tags_are_transitive_only_when_asked_and_nothing_is_sent_by_default() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "transitive").await;
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("transitive").await;
     let sts = StsDouble::start().await;
     let bin = start_binary(
         env,
@@ -132,8 +139,6 @@ async fn tags_are_transitive_only_when_asked_and_nothing_is_sent_by_default() {
         &["--session-tags", "--transitive-session-tags"],
     )
     .await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("chain", "chain", 3600))
         .await
@@ -182,11 +187,10 @@ async fn tags_are_transitive_only_when_asked_and_nothing_is_sent_by_default() {
 
 #[tokio::test]
 async fn invalid_session_policies_are_reported_without_calling_sts() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "badpolicy").await;
+    let Scene {
+        client, ns, roles, ..
+    } = scene("badpolicy").await;
     let sts = StsDouble::start().await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
 
     // The CRD's schema turns away what is not a managed policy ARN at all.
     let mut not_arn = role("not-arn", "app", 3600);
@@ -223,9 +227,13 @@ async fn invalid_session_policies_are_reported_without_calling_sts() {
 
 #[tokio::test]
 async fn under_assume_role_long_sessions_are_capped_to_one_hour_and_the_session_is_renewed() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "chained").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("chained").await;
     let sts = StsDouble::start().await;
     let controller_arn = format!("{PREFIX}kaic-controller");
     let long_arn = format!("{PREFIX}long-sessions");
@@ -234,8 +242,6 @@ async fn under_assume_role_long_sessions_are_capped_to_one_hour_and_the_session_
     // The controller's own session lives 25 s, so the test sees it renewed.
     sts.lifetime(&controller_arn, Duration::from_secs(25));
     let bin = start_binary(env, &ns, &sts.endpoint, &["--assume-role=kaic-controller"]).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("long", "long-sessions", 7200))
         .await
@@ -317,12 +323,14 @@ fn densest(times: &[Instant], window: Duration) -> usize {
 
 #[tokio::test]
 async fn a_cold_start_of_many_roles_is_paced_by_the_client_side_rate_limit() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "qps").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("qps").await;
     let sts = StsDouble::start().await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let names: Vec<String> = (0..10).map(|i| format!("cold-{i}")).collect();
     // Created before the controller starts: all of them are due at once.
     for n in &names {
@@ -357,12 +365,14 @@ async fn a_cold_start_of_many_roles_is_paced_by_the_client_side_rate_limit() {
 
 #[tokio::test]
 async fn calls_in_flight_are_capped() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "inflight").await;
+    let Scene {
+        env,
+        ns,
+        roles,
+        secrets,
+        ..
+    } = scene("inflight").await;
     let sts = StsDouble::start().await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let names: Vec<String> = (0..4).map(|i| format!("slow-{i}")).collect();
     for n in &names {
         sts.latency(&format!("{PREFIX}{n}"), Duration::from_millis(500));
@@ -397,9 +407,13 @@ async fn calls_in_flight_are_capped() {
 #[tokio::test]
 async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
     use kube_aws_iam_controller::aws::options::{StsOptions, TagSettings};
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "optsmoto").await;
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("optsmoto").await;
     let mut settings = test_settings();
     settings.sts_options = StsOptions {
         external_id: Some("kaic-ext-42".into()),
@@ -411,8 +425,6 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
         chained: Default::default(),
     };
     let ctl = run_controller(&client, &ns, sts_issuer(&env.moto_endpoint), settings).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut scoped = role("scoped", "reports-reader", 3600);
     scoped.spec.policy = Some(POLICY.into());
     scoped.spec.policy_arns = vec![READ_ONLY.into()];
@@ -440,14 +452,11 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
 
 #[tokio::test]
 async fn a_controller_role_that_cannot_be_assumed_is_reported_as_such_not_as_a_network_error() {
-    let env = env().await;
-    let client = env.client().await;
-    let ns = env.namespace(&client, "ctrldenied").await;
+    let Scene { env, ns, roles, .. } = scene("ctrldenied").await;
     let sts = StsDouble::start().await;
     let controller_arn = format!("{PREFIX}kaic-controller");
     sts.deny(&controller_arn);
     let bin = start_binary(env, &ns, &sts.endpoint, &["--assume-role=kaic-controller"]).await;
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await

@@ -1093,3 +1093,26 @@ pub fn boto3_identity(env: &Env, endpoint: &str, vars: &[(&str, &std::ffi::OsStr
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// What most tests start with: the control plane, an admin client, a fresh namespace, and the
+/// AWSIAMRole and Secret APIs in that namespace.
+pub struct Scene {
+    pub env: &'static Env,
+    pub client: Client,
+    pub ns: String,
+    pub roles: Api<AWSIAMRole>,
+    pub secrets: Api<Secret>,
+}
+
+pub async fn scene(prefix: &str) -> Scene {
+    let env = env().await;
+    let client = env.client().await;
+    let ns = env.namespace(&client, prefix).await;
+    Scene {
+        env,
+        roles: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+    }
+}
