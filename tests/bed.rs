@@ -120,3 +120,20 @@ async fn moto_issues_credentials_that_boto3_uses_as_the_assumed_role() {
         "arn:aws:sts::123456789012:assumed-role/bed-check/bed@check"
     );
 }
+
+#[tokio::test]
+async fn every_shipped_manifest_is_accepted_by_the_api_server() {
+    let env = env().await;
+    let client = env.client().await;
+    let ns = env.namespace(&client, "manifests").await;
+    for path in [
+        "deploy/crd.yaml",
+        "deploy/rbac.yaml",
+        "deploy/deployment.yaml",
+        "deploy/deployment-with-role.yaml",
+        "deploy/example-app.yaml",
+        "examples/awsiamrole.yaml",
+    ] {
+        support::apply_manifest(&client, path, Some(&ns), true).await;
+    }
+}

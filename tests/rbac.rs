@@ -6,46 +6,16 @@ mod support;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
+use kube::api::{Api, DeleteParams, PostParams};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::{Binary, data, env, role, spawn_watched, wait_for};
-
-async fn apply_manifest(client: &kube::Client, path: &str) {
-    let text = std::fs::read_to_string(support::repo().join(path)).expect("manifest");
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let obj: DynamicObject = match serde::Deserialize::deserialize(doc) {
-            Ok(o) => o,
-            Err(_) => continue,
-        };
-        let types = obj.types.clone().expect("apiVersion/kind");
-        let (group, version) = types
-            .api_version
-            .rsplit_once('/')
-            .unwrap_or(("", &types.api_version));
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let api: Api<DynamicObject> = match &obj.metadata.namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-            None => Api::all_with(client.clone(), &ar),
-        };
-        let name = obj.metadata.name.clone().expect("name");
-        api.patch(
-            &name,
-            &PatchParams::apply("kaic-tests").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {path} {}/{name}: {e}", types.kind));
-    }
-}
 
 #[tokio::test]
 async fn the_shipped_rbac_is_enough_for_the_whole_job() {
     let env = env().await;
     let admin = env.client().await;
-    apply_manifest(&admin, "deploy/rbac.yaml").await;
+    support::apply_manifest(&admin, "deploy/rbac.yaml", None, false).await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "kube-system");
     let token = sas
         .create_token_request(

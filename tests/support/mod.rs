@@ -1116,3 +1116,42 @@ pub async fn scene(prefix: &str) -> Scene {
         ns,
     }
 }
+
+/// Server-side applies every object of a YAML manifest in the repository (`dry_run`: the API
+/// server validates and admits it, nothing is stored). Objects without a namespace go to
+/// `default_ns` when given (namespaced kinds), else are treated as cluster-scoped.
+pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str>, dry_run: bool) {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::GroupVersionKind;
+    use kube::discovery::ApiResource;
+    let text = std::fs::read_to_string(repo().join(path)).expect("manifest");
+    let mut applied = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let Ok(obj) = <DynamicObject as serde::Deserialize>::deserialize(doc) else {
+            continue;
+        };
+        let types = obj.types.clone().expect("apiVersion/kind");
+        let (group, version) = types
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &types.api_version));
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
+        let cluster_scoped = matches!(
+            types.kind.as_str(),
+            "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" | "Namespace"
+        );
+        let ns = obj.metadata.namespace.as_deref().or(default_ns);
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) if !cluster_scoped => Api::namespaced_with(client.clone(), ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        let name = obj.metadata.name.clone().expect("name");
+        let mut pp = PatchParams::apply("kaic-tests").force();
+        pp.dry_run = dry_run;
+        api.patch(&name, &pp, &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("apply {path} {}/{name}: {e}", types.kind));
+        applied += 1;
+    }
+    assert!(applied > 0, "{path} holds no objects");
+}
