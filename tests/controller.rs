@@ -123,14 +123,7 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
     assert_eq!(reasons(&evs, "GetCredentialsFailed"), 0);
 
     // boto3 reads the `credentials` file the Secret provides and is the role.
-    let dir = tempfile::tempdir().expect("tmp");
-    support::project_secret(dir.path(), &s);
-    let creds_file = dir.path().join("credentials");
-    let arn = support::boto3_identity(
-        env,
-        &env.moto_endpoint,
-        &[("AWS_SHARED_CREDENTIALS_FILE", creds_file.as_os_str())],
-    );
+    let arn = support::boto3_identity_from_secret(env, &s);
     assert_eq!(
         arn,
         format!("arn:aws:sts::123456789012:assumed-role/s3-reader/{ns}@reader")

@@ -435,14 +435,7 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
     let s = secret(&secrets, "scoped").await;
     ready(&roles, "scoped", "True").await;
     // boto3 with the Secret's `credentials` file is the assumed role.
-    let dir = tempfile::tempdir().expect("tmp");
-    support::project_secret(dir.path(), &s);
-    let creds_file = dir.path().join("credentials");
-    let arn = support::boto3_identity(
-        env,
-        &env.moto_endpoint,
-        &[("AWS_SHARED_CREDENTIALS_FILE", creds_file.as_os_str())],
-    );
+    let arn = support::boto3_identity_from_secret(env, &s);
     assert_eq!(
         arn,
         format!("arn:aws:sts::123456789012:assumed-role/reports-reader/{ns}@scoped")

@@ -1155,3 +1155,16 @@ pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str
     }
     assert!(applied > 0, "{path} holds no objects");
 }
+
+/// boto3's caller ARN (against moto) using the `credentials` file of `secret`, laid out as the
+/// kubelet mounts it.
+pub fn boto3_identity_from_secret(env: &Env, secret: &Secret) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    project_secret(dir.path(), secret);
+    let creds_file = dir.path().join("credentials");
+    boto3_identity(
+        env,
+        &env.moto_endpoint,
+        &[("AWS_SHARED_CREDENTIALS_FILE", creds_file.as_os_str())],
+    )
+}
