@@ -7,6 +7,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::aws::limit::RateLimit;
 use crate::aws::options::{self, SourceIdentityTemplate, StsOptions, TagSettings};
+use crate::policy::PolicyMode;
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 10s, 15m, 1h)"))
@@ -59,7 +60,40 @@ pub struct Args {
     #[command(flatten)]
     pub leader: LeaderArgs,
     #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+/// Who may get which role (`docs/security.md`).
+#[derive(Clone, Debug, ClapArgs)]
+pub struct PolicyArgs {
+    /// Namespace role policy: enforce (a namespace gets only the roles its
+    /// iam.amazonaws.com/permitted or iam.amazonaws.com/allowed-roles annotation permits; none
+    /// without one), audit (issue, but report what enforce would deny), none (the Go
+    /// controller's behaviour).
+    #[arg(long, env = "KAIC_NAMESPACE_POLICY", value_enum, default_value_t = PolicyMode::Enforce)]
+    pub namespace_policy: PolicyMode,
+    /// Accounts whose roles may be issued, comma-separated 12-digit IDs (default: any).
+    #[arg(long, env = "KAIC_ALLOWED_ACCOUNT_IDS", value_delimiter = ',', value_parser = account_id)]
+    pub allowed_account_ids: Vec<String>,
+    /// The controller's own AWSIAMRole (the one `bootstrap` writes), NAMESPACE/NAME: the only
+    /// one that may be issued the controller's own role.
+    #[arg(
+        long,
+        env = "KAIC_OWN_AWSIAMROLE",
+        default_value = "kube-system/kube-aws-iam-controller"
+    )]
+    pub own_awsiamrole: String,
+}
+
+fn account_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a 12-digit AWS account ID"))
+    }
 }
 
 #[derive(Clone, Debug, ClapArgs)]

@@ -9,6 +9,9 @@ pub const DEFAULT_SESSION_SECONDS: i64 = 3600;
 /// STS bounds for `DurationSeconds`.
 pub const MIN_SESSION_SECONDS: i64 = 900;
 pub const MAX_SESSION_SECONDS: i64 = 43200;
+/// Longest `roleReference`: the longest ARN prefix (`arn:aws-us-gov:iam::<12 digits>:role/`)
+/// plus IAM's longest path (512) and name (64).
+pub const ROLE_REFERENCE_MAX: usize = 640;
 
 fn default_session_duration() -> i64 {
     DEFAULT_SESSION_SECONDS
@@ -48,9 +51,14 @@ fn default_session_duration() -> i64 {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AWSIAMRoleSpec {
-    /// Role name (`my-role`), name with a path (`team/my-role`), or full role ARN.
-    /// Names are prefixed with the controller's base role ARN.
-    #[schemars(length(min = 3))]
+    /// Role name (`my-role`), name with a path (`team/my-role`), or full role ARN
+    /// (`arn:<partition>:iam::<12-digit account>:role/<path/><name>`). Names are prefixed with
+    /// the controller's base role ARN. IAM limits: names and path segments of 1-64 of
+    /// `A-Za-z0-9+=,.@_-`, paths up to 512 characters.
+    #[schemars(
+        length(min = 3, max = ROLE_REFERENCE_MAX),
+        regex(pattern = r"^(arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/)?[A-Za-z0-9+=,.@_-]{1,64}(/[A-Za-z0-9+=,.@_-]{1,64})*$")
+    )]
     pub role_reference: String,
     /// Session length in seconds, 900 to 43200.
     #[serde(default = "default_session_duration")]
@@ -66,7 +74,10 @@ pub struct AWSIAMRoleSpec {
     #[serde(default, rename = "policyARNs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 10),
-        inner(regex(pattern = r"^arn:aws(-cn|-us-gov)?:iam::(\d{12}|aws):policy/[\w+=,.@/-]+$"))
+        inner(
+            length(max = 2048),
+            regex(pattern = r"^arn:aws(-cn|-us-gov)?:iam::(\d{12}|aws):policy/[\w+=,.@/-]+$")
+        )
     )]
     pub policy_arns: Vec<String>,
 }

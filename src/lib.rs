@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod kubeclient;
 pub mod metrics;
+pub mod policy;
 
 /// Errors of the reconcile loop and the process around it. Messages never contain credentials.
 #[derive(Debug, thiserror::Error)]

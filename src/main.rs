@@ -18,8 +18,10 @@ use kube_aws_iam_controller::aws::sts::{StsIssuer, StsSettings, controller_issue
 use kube_aws_iam_controller::bootstrap;
 use kube_aws_iam_controller::cli::{Args, Command, LogFormat};
 use kube_aws_iam_controller::controller::leader::{self, LeaseSettings};
+use kube_aws_iam_controller::controller::policy::{PolicyContext, learn_identity};
 use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
 use kube_aws_iam_controller::metrics::Metrics;
+use kube_aws_iam_controller::policy::Guard;
 use kube_aws_iam_controller::{Error, Result};
 
 fn init_tracing(args: &Args) -> std::result::Result<(), String> {
@@ -95,8 +97,8 @@ async fn run(args: Args) -> Result<()> {
         timeout: args.aws.sts_timeout,
     })
     .await;
-    let issuer = StsIssuer::new(&sdk_config, args.aws.sts_timeout);
-    let base = base_role_arn(&args, &issuer).await?;
+    let own_sts = StsIssuer::new(&sdk_config, args.aws.sts_timeout);
+    let base = base_role_arn(&args, &own_sts).await?;
     let assume_role = match &args.sts.assume_role {
         Some(r) => Some(
             arn::resolve(r, base.as_ref())
@@ -104,9 +106,22 @@ async fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let mut guard = Guard::new(args.policy.allowed_account_ids.clone());
     if let Some(r) = &assume_role {
         info!(assume_role = %r, "AWSIAMRoles are assumed from a session of this role (at most 1 hour each)");
+        guard.protect_role(r, "--assume-role");
     }
+    let own = args
+        .policy
+        .own_awsiamrole
+        .split_once('/')
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "--own-awsiamrole {:?}: expected NAMESPACE/NAME",
+                args.policy.own_awsiamrole
+            ))
+        })?;
     let issuer = controller_issuer(
         &sdk_config,
         args.aws.sts_timeout,
@@ -186,7 +201,16 @@ async fn run(args: Args) -> Result<()> {
         metrics,
         backoff: Backoff::default(),
         leader: leader_rx,
+        policy: PolicyContext::new(args.policy.namespace_policy, Some(own), None),
     });
+    info!(
+        namespace_policy = args.policy.namespace_policy.as_str(),
+        "namespace role policy"
+    );
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { learn_identity(&ctx.policy, &own_sts, guard).await });
+    }
     info!(
         namespace = args.kube.namespace.as_deref().unwrap_or("<all>"),
         refresh_limit = ?args.controller.refresh_limit,

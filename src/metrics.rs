@@ -30,7 +30,18 @@ pub struct Metrics {
     earliest_expiry: Gauge<f64, AtomicU64>,
     in_backoff: Gauge,
     leader: Gauge,
+    policy_denied: Gauge,
+    policy_would_deny: Gauge,
     roles_state: Mutex<HashMap<String, RoleState>>,
+    policy_state: Mutex<HashMap<String, PolicyState>>,
+}
+
+/// How the namespace role policy judged one AWSIAMRole, for the policy gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyState {
+    Permitted,
+    Denied,
+    WouldDeny,
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +69,18 @@ impl Metrics {
         let earliest_expiry = Gauge::<f64, AtomicU64>::default();
         let in_backoff = Gauge::default();
         let leader = Gauge::default();
+        let policy_denied = Gauge::default();
+        let policy_would_deny = Gauge::default();
+        registry.register(
+            "policy_denied",
+            "AWSIAMRoles refused by the namespace role policy or the controller's guard (RoleNotPermitted)",
+            policy_denied.clone(),
+        );
+        registry.register(
+            "policy_would_deny",
+            "AWSIAMRoles issued under --namespace-policy=audit that enforce would deny",
+            policy_would_deny.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -114,7 +137,10 @@ impl Metrics {
             earliest_expiry,
             in_backoff,
             leader,
+            policy_denied,
+            policy_would_deny,
             roles_state: Mutex::new(HashMap::new()),
+            policy_state: Mutex::new(HashMap::new()),
         }
     }
 
@@ -171,6 +197,29 @@ impl Metrics {
         self.update_roles(|m| {
             m.remove(key);
         });
+        self.update_policy(|m| {
+            m.remove(key);
+        });
+    }
+
+    /// Records how the namespace role policy judged an AWSIAMRole (`key` is namespace/name).
+    pub fn policy(&self, key: &str, state: PolicyState) {
+        self.update_policy(|m| {
+            m.insert(key.to_string(), state);
+        });
+    }
+
+    fn update_policy(&self, f: impl FnOnce(&mut HashMap<String, PolicyState>)) {
+        let Ok(mut m) = self.policy_state.lock() else {
+            return;
+        };
+        f(&mut m);
+        let count = |state| {
+            let n = m.values().filter(|s| **s == state).count();
+            i64::try_from(n).unwrap_or(i64::MAX)
+        };
+        self.policy_denied.set(count(PolicyState::Denied));
+        self.policy_would_deny.set(count(PolicyState::WouldDeny));
     }
 
     fn update_roles(&self, f: impl FnOnce(&mut HashMap<String, RoleState>)) {

@@ -208,11 +208,15 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
         env,
         &ns,
         &sts.endpoint,
-        &["--refresh-limit=12s"],
+        &[
+            "--refresh-limit=12s",
+            &format!("--own-awsiamrole={ns}/{NAME}"),
+        ],
         Launch {
             discover_base_role_arn: true,
             aws_env: Some(aws_env),
             meta_volume: Some(volume.path().to_path_buf()),
+            kubeconfig: None,
         },
     )
     .await;

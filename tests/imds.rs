@@ -53,6 +53,7 @@ async fn the_binary_takes_the_base_role_arn_from_imdsv2_and_logs_it() {
                 ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
             ]),
             meta_volume: None,
+            kubeconfig: None,
         },
     )
     .await;

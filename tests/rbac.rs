@@ -4,8 +4,7 @@
 
 mod support;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
@@ -16,29 +15,8 @@ async fn the_shipped_rbac_is_enough_for_the_whole_job() {
     let env = env().await;
     let admin = env.client().await;
     support::apply_manifest(&admin, "deploy/rbac.yaml", None, false).await;
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "kube-system");
-    let token = sas
-        .create_token_request(
-            "kube-aws-iam-controller",
-            &PostParams::default(),
-            &TokenRequest::default(),
-        )
-        .await
-        .expect("token")
-        .status
-        .expect("status")
-        .token
-        .expect("token");
-    let kubeconfig = env.dir.join("kubeconfig-sa");
-    let original = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
-    let user_start = original.find("users:").expect("users");
-    let ctx_start = original.find("contexts:").expect("contexts");
-    let with_token = format!(
-        "{}users:\n- name: admin\n  user:\n    token: {token}\n{}",
-        &original[..user_start],
-        &original[ctx_start..]
-    );
-    std::fs::write(&kubeconfig, with_token).expect("write kubeconfig");
+    let kubeconfig =
+        support::sa_kubeconfig(env, &admin, "kube-system", "kube-aws-iam-controller").await;
 
     let ns = env.namespace(&admin, "rbac").await;
     let admin_port = support::free_port();

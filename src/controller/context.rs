@@ -56,6 +56,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// True while this replica may call STS and write Secrets.
     pub leader: tokio::sync::watch::Receiver<bool>,
+    /// Who may get which role.
+    pub policy: super::policy::PolicyContext,
 }
 
 impl Context {
@@ -128,7 +130,7 @@ impl Context {
                 EventType::Normal
             },
             reason: note.reason.into(),
-            note: Some(note.message),
+            note: Some(status::bounded(&note.message)),
             action: if note.warning {
                 "Reconcile"
             } else {

@@ -5,6 +5,7 @@ pub mod context;
 pub mod janitor;
 pub mod leader;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod secret;
 pub mod status;
@@ -15,11 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -83,9 +85,33 @@ pub async fn run(
     .reflect(secret_writer)
     .touched_objects();
 
+    // The namespace role policy reads the Namespaces' annotations: watched (metadata only), and
+    // a changed annotation reconciles every AWSIAMRole of that namespace.
+    let (namespaces_synced_tx, namespaces_synced) =
+        watch::channel(!ctx.policy.watches_namespaces());
+    let namespaces = ctx.policy.watches_namespaces().then(|| {
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
+        // Namespaced mode may read only its own Namespace (RBAC resourceNames).
+        let config = match &opts.namespace {
+            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+            None => watcher::Config::default(),
+        };
+        let (store, writer) = reflector::store();
+        ctx.policy.attach(store);
+        watcher(api, config)
+            .default_backoff()
+            .inspect(move |ev| mark_synced(ev, &namespaces_synced_tx))
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(predicates::annotations, Default::default())
+    });
+
     let readiness = async move {
-        let (mut r, mut s) = (roles_synced, secrets_synced);
-        if r.wait_for(|v| *v).await.is_ok() && s.wait_for(|v| *v).await.is_ok() {
+        let (mut r, mut s, mut n) = (roles_synced, secrets_synced, namespaces_synced);
+        if r.wait_for(|v| *v).await.is_ok()
+            && s.wait_for(|v| *v).await.is_ok()
+            && n.wait_for(|v| *v).await.is_ok()
+        {
             info!("watch caches synced");
             ready.store(true, Ordering::SeqCst);
             let _ = synced_tx.send(true);
@@ -117,8 +143,19 @@ pub async fn run(
             }
         }
     };
-    let controller = Controller::for_stream(roles, role_store)
-        .owns_stream(secrets)
+    let mut controller = Controller::for_stream(roles, role_store.clone()).owns_stream(secrets);
+    if let Some(namespaces) = namespaces {
+        controller = controller.watches_stream(namespaces, move |ns| {
+            let name = ns.name_any();
+            role_store
+                .state()
+                .iter()
+                .filter(|r| r.namespace().as_deref() == Some(name.as_str()))
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    }
+    let controller = controller
         .reconcile_all_on(takeover)
         .with_config(Config::default().concurrency(opts.concurrency))
         .graceful_shutdown_on(shutdown)

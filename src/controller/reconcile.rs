@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::{Context, MANAGER, Note};
 use super::plan::{self, Decision, IssueReason};
+use super::policy::Judgement;
 use super::secret::{self, Ownership, Stored};
 use super::status;
 use super::status::Outcome;
@@ -19,6 +20,8 @@ use crate::aws::arn::{self, RoleArn};
 use crate::aws::options::{self, SessionLength};
 use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
 use crate::crd::AWSIAMRole;
+use crate::metrics::PolicyState;
+use crate::policy::{Denial, Verdict};
 use crate::{Error, Result};
 
 fn key(role: &AWSIAMRole) -> String {
@@ -101,6 +104,46 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         }
     };
     let arn_text = arn.to_string();
+    let would_deny = match ctx
+        .policy
+        .judge(role, &arn, ctx.settings.base_role_arn.as_ref())
+    {
+        Judgement::Pending(why) => {
+            debug!(
+                namespace = ns,
+                name, why, "namespace role policy not known yet"
+            );
+            return Ok(Action::requeue(ctx.settings.backoff_base));
+        }
+        Judgement::Verdict(Verdict::Denied(denial)) => {
+            return deny(ctx, role, &secrets, existing.as_ref(), denial).await;
+        }
+        Judgement::Verdict(Verdict::WouldDeny(denial)) => {
+            ctx.metrics.policy(&key(role), PolicyState::WouldDeny);
+            if !status::would_deny(role.status.as_ref()) {
+                warn!(
+                    namespace = ns,
+                    name,
+                    role_arn = arn_text,
+                    "the namespace role policy would deny this role (audit)"
+                );
+                ctx.event(
+                    role,
+                    Note {
+                        warning: true,
+                        reason: "PolicyWouldDeny",
+                        message: format!("{denial}; issued because --namespace-policy=audit"),
+                    },
+                )
+                .await;
+            }
+            Some(denial.message)
+        }
+        Judgement::Verdict(Verdict::Permitted) => {
+            ctx.metrics.policy(&key(role), PolicyState::Permitted);
+            None
+        }
+    };
     let sts_options = &ctx.settings.sts_options;
     let options = match sts_options.request(
         &ns,
@@ -139,7 +182,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
             }
             ctx.report(
                 role,
-                ready(&arn_text, &stored, generation, length),
+                ready(&arn_text, &stored, generation, length, would_deny),
                 None,
                 false,
             )
@@ -161,6 +204,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
                 reason,
                 length,
                 options,
+                would_deny,
             )
             .await
         }
@@ -179,6 +223,7 @@ async fn issue(
     reason: IssueReason,
     length: SessionLength,
     options: RequestOptions,
+    would_deny: Option<String>,
 ) -> Result<Action> {
     let ns = role.namespace().unwrap_or_default();
     let name = role.name_any();
@@ -211,6 +256,41 @@ async fn issue(
     let creds = match result {
         Ok(creds) => creds,
         Err(e) => {
+            // The Secret must never hold credentials of a role other than the one the spec
+            // names: after a roleReference change, the old role's credentials go.
+            if let Some(current) = existing
+                && stored.as_ref().is_some_and(|s| s.role_arn != arn_text)
+            {
+                withdraw(secrets, current).await?;
+                info!(
+                    namespace = ns,
+                    name,
+                    role_arn = arn_text,
+                    "credentials of the previous role withdrawn"
+                );
+                let message = format!(
+                    "AssumeRole {arn_text} failed: {e}; the credentials of the previous role were withdrawn from the Secret"
+                );
+                ctx.report(
+                    role,
+                    Outcome::Withdrawn {
+                        reason: e.reason(),
+                        message: message.clone(),
+                        generation,
+                    },
+                    Some(Note {
+                        warning: true,
+                        reason: "GetCredentialsFailed",
+                        message,
+                    }),
+                    false,
+                )
+                .await?;
+                return match e.kind {
+                    FailureKind::Permanent => Ok(Action::requeue(ctx.settings.max_backoff)),
+                    FailureKind::Transient => Err(Error::Sts(e)),
+                };
+            }
             let kept = stored
                 .as_ref()
                 .filter(|s| s.credentials.expiration > Utc::now())
@@ -301,7 +381,7 @@ async fn issue(
     };
     ctx.report(
         role,
-        ready(&arn_text, &stored, generation, length),
+        ready(&arn_text, &stored, generation, length, would_deny),
         Some(Note {
             warning: false,
             reason: event_reason,
@@ -332,13 +412,84 @@ async fn assume(ctx: &Context, request: IssueRequest) -> Result<IssuedCredential
     result
 }
 
-fn ready(arn: &str, stored: &Stored, generation: i64, length: SessionLength) -> Outcome {
+fn ready(
+    arn: &str,
+    stored: &Stored,
+    generation: i64,
+    length: SessionLength,
+    would_deny: Option<String>,
+) -> Outcome {
     Outcome::Ready {
         role_arn: arn.to_string(),
         expiration: stored.credentials.expiration,
         generation,
         message: status::ready_message(arn, stored.credentials.expiration, length),
+        would_deny,
     }
+}
+
+/// The role is not permitted: no STS call, credentials already in the Secret withdrawn, status
+/// and a Warning Event say why.
+async fn deny(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    secrets: &Api<Secret>,
+    existing: Option<&Secret>,
+    denial: Denial,
+) -> Result<Action> {
+    let ns = role.namespace().unwrap_or_default();
+    let name = role.name_any();
+    ctx.metrics.policy(&key(role), PolicyState::Denied);
+    let mut message = denial.message;
+    if let Some(current) = existing {
+        if secret::holds_credentials(current) {
+            withdraw(secrets, current).await?;
+            info!(
+                namespace = ns,
+                name, "credentials withdrawn: the role is not permitted"
+            );
+        }
+        message.push_str("; the Secret holds no credentials");
+    }
+    warn!(namespace = ns, name, "role not permitted");
+    let generation = role.meta().generation.unwrap_or_default();
+    ctx.report(
+        role,
+        Outcome::Withdrawn {
+            reason: "RoleNotPermitted",
+            message: message.clone(),
+            generation,
+        },
+        Some(Note {
+            warning: true,
+            reason: "RoleNotPermitted",
+            message,
+        }),
+        false,
+    )
+    .await?;
+    Ok(Action::requeue(ctx.settings.max_backoff))
+}
+
+/// Removes the credentials from an owned Secret (a merge patch nulling [`secret::WITHDRAWN_KEYS`],
+/// with the resourceVersion it was read at, so a Secret changed in between is not touched).
+async fn withdraw(secrets: &Api<Secret>, current: &Secret) -> Result<(), kube::Error> {
+    let nulls: serde_json::Map<String, serde_json::Value> = secret::WITHDRAWN_KEYS
+        .iter()
+        .map(|k| (k.to_string(), serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": current.resource_version()},
+        "data": nulls,
+    });
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    secrets
+        .patch(&current.name_any(), &pp, &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 async fn fail(

@@ -80,6 +80,25 @@ pub fn render_data(
     .collect()
 }
 
+/// The keys that carry or describe credentials; withdrawing credentials removes them and
+/// keeps only `credentials.process`, so SDKs fail to get credentials instead of falling back to
+/// another identity.
+pub const WITHDRAWN_KEYS: [&str; 5] = [
+    CREDENTIALS_KEY,
+    CREDENTIALS_JSON_KEY,
+    EXPIRE_KEY,
+    ROLE_ARN_KEY,
+    GENERATION_KEY,
+];
+
+/// True when the Secret still holds any of [`WITHDRAWN_KEYS`].
+pub fn holds_credentials(secret: &Secret) -> bool {
+    secret
+        .data
+        .as_ref()
+        .is_some_and(|d| WITHDRAWN_KEYS.iter().any(|k| d.contains_key(*k)))
+}
+
 /// Labels of the Secret: the AWSIAMRole's own labels plus the two ownership labels.
 pub fn labels(role: &AWSIAMRole) -> BTreeMap<String, String> {
     let mut labels = role.labels().clone();

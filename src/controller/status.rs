@@ -14,6 +14,8 @@ pub enum Outcome {
         expiration: DateTime<Utc>,
         generation: i64,
         message: String,
+        /// `--namespace-policy=audit`: what `enforce` would deny, or `None`.
+        would_deny: Option<String>,
     },
     /// Something is wrong; whatever credentials the Secret holds stay, and so do the
     /// status fields that describe them.
@@ -22,9 +24,47 @@ pub enum Outcome {
         message: String,
         generation: i64,
     },
+    /// The Secret's credentials were withdrawn (or there are none to keep): the status no
+    /// longer names a role or an expiration.
+    Withdrawn {
+        reason: &'static str,
+        message: String,
+        generation: i64,
+    },
 }
 
 pub const READY: &str = "Ready";
+/// `True` while `--namespace-policy=audit` issues a role that `enforce` would deny.
+pub const POLICY_WOULD_DENY: &str = "PolicyWouldDeny";
+/// Longest condition or Event message, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` fit for status and Events: control characters (newlines, escapes, bidi
+/// overrides) become spaces, and it is cut to [`MAX_MESSAGE_BYTES`] on a character boundary.
+pub fn bounded(message: &str) -> String {
+    let clean: String = message
+        .chars()
+        .map(|c| {
+            if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+            {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.len() <= MAX_MESSAGE_BYTES {
+        return clean;
+    }
+    const MORE: &str = " …";
+    let mut end = MAX_MESSAGE_BYTES - MORE.len();
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &clean[..end])
+}
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -60,10 +100,12 @@ pub fn next(
             expiration,
             generation,
             message,
+            would_deny,
         } => {
             status.observed_generation = Some(*generation);
             status.role_arn = Some(role_arn.clone());
             status.expiration = Some(time(*expiration));
+            set_would_deny(&mut status, would_deny.as_deref(), *generation, now);
             ("True", "CredentialsIssued", message.clone(), *generation)
         }
         Outcome::NotReady {
@@ -71,6 +113,16 @@ pub fn next(
             message,
             generation,
         } => ("False", *reason, message.clone(), *generation),
+        Outcome::Withdrawn {
+            reason,
+            message,
+            generation,
+        } => {
+            status.role_arn = None;
+            status.expiration = None;
+            status.conditions.retain(|c| c.type_ != POLICY_WOULD_DENY);
+            ("False", *reason, message.clone(), *generation)
+        }
     };
     let previous = status.conditions.iter().find(|c| c.type_ == READY);
     let last_transition_time = match previous {
@@ -81,13 +133,51 @@ pub fn next(
         type_: READY.into(),
         status: cond_status.into(),
         reason: reason.into(),
-        message,
+        message: bounded(&message),
         last_transition_time,
         observed_generation: Some(generation),
     };
     status.conditions.retain(|c| c.type_ != READY);
-    status.conditions.push(ready);
+    status.conditions.insert(0, ready);
     status
+}
+
+/// The `PolicyWouldDeny` condition: `True` with the reason while audit mode issues a role that
+/// enforce would deny; removed once the policy permits it.
+fn set_would_deny(
+    status: &mut AWSIAMRoleStatus,
+    would_deny: Option<&str>,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
+    let previous = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == POLICY_WOULD_DENY)
+        .cloned();
+    status.conditions.retain(|c| c.type_ != POLICY_WOULD_DENY);
+    if let Some(message) = would_deny {
+        status.conditions.push(Condition {
+            type_: POLICY_WOULD_DENY.into(),
+            status: "True".into(),
+            reason: "RoleNotPermitted".into(),
+            message: bounded(message),
+            last_transition_time: previous
+                .filter(|p| p.status == "True")
+                .map(|p| p.last_transition_time)
+                .unwrap_or_else(|| time(now)),
+            observed_generation: Some(generation),
+        });
+    }
+}
+
+/// True when `status` says audit mode found the role outside the namespace policy.
+pub fn would_deny(status: Option<&AWSIAMRoleStatus>) -> bool {
+    status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == POLICY_WOULD_DENY && c.status == "True")
+    })
 }
 
 /// True when `next` leaves the condition's status or reason different from `current`:
@@ -118,6 +208,7 @@ mod tests {
             expiration: at(exp),
             generation: 2,
             message: "ok".into(),
+            would_deny: None,
         }
     }
 
@@ -175,6 +266,7 @@ mod tests {
                 at("2026-11-26T13:45:00Z"),
                 SessionLength::new(7200, true),
             ),
+            would_deny: None,
         };
         let later = next(Some(&first), &capped, at("2026-11-26T12:45:00Z"));
         assert_eq!(
@@ -240,5 +332,41 @@ mod tests {
         );
         assert!(!is_transition(Some(&failed), &again));
         assert_eq!(again, failed);
+    }
+
+    #[test]
+    fn messages_are_bounded_and_free_of_control_characters() {
+        let hostile = format!("a\nb\u{1b}[31mc\u{202e}d{}", "é".repeat(2000));
+        let b = bounded(&hostile);
+        assert!(b.len() <= MAX_MESSAGE_BYTES, "{} bytes", b.len());
+        assert!(b.starts_with("a b [31mc d"), "{b}");
+        assert!(!b.chars().any(char::is_control));
+        assert!(b.ends_with(" …"));
+        assert_eq!(bounded("fine"), "fine");
+    }
+
+    #[test]
+    fn audit_mode_marks_and_clears_policy_would_deny() {
+        let mut outcome = ready("2026-11-26T13:00:00Z");
+        if let Outcome::Ready { would_deny, .. } = &mut outcome {
+            *would_deny = Some("role x is not permitted in namespace y".into());
+        }
+        let marked = next(None, &outcome, at("2026-11-26T12:00:00Z"));
+        assert!(would_deny(Some(&marked)));
+        assert_eq!(marked.conditions[0].type_, READY);
+        let later = next(Some(&marked), &outcome, at("2026-11-26T12:30:00Z"));
+        let c = later
+            .conditions
+            .iter()
+            .find(|c| c.type_ == POLICY_WOULD_DENY)
+            .expect("condition");
+        assert_eq!(c.last_transition_time, "2026-11-26T12:00:00Z");
+        let cleared = next(
+            Some(&later),
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:40:00Z"),
+        );
+        assert!(!would_deny(Some(&cleared)));
+        assert_eq!(cleared.conditions.len(), 1);
     }
 }

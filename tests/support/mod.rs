@@ -28,9 +28,11 @@ use tokio::sync::{OnceCell, oneshot};
 
 use kube_aws_iam_controller::aws::CredentialIssuer;
 use kube_aws_iam_controller::aws::sts::{StsIssuer, https_client};
+use kube_aws_iam_controller::controller::policy::PolicyContext;
 use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::metrics::Metrics;
+use kube_aws_iam_controller::policy::{Guard, PERMITTED_ANNOTATION, PolicyMode};
 
 pub const ACCOUNT: &str = "123456789012";
 pub const BASE_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/";
@@ -494,11 +496,30 @@ impl Env {
     }
 
     /// A fresh namespace for one test.
+    /// A fresh namespace whose role policy permits every role (`iam.amazonaws.com/permitted:
+    /// .*`), so tests of other features run under the default `--namespace-policy=enforce`.
     pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
+        self.namespace_with(client, prefix, &[(PERMITTED_ANNOTATION, ".*")])
+            .await
+    }
+
+    /// A fresh namespace with exactly these annotations.
+    pub async fn namespace_with(
+        &self,
+        client: &Client,
+        prefix: &str,
+        annotations: &[(&str, &str)],
+    ) -> String {
         let name = format!("{prefix}-{}", rand_suffix());
         let api: Api<Namespace> = Api::all(client.clone());
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
+        ns.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         api.create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
@@ -619,6 +640,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// True when the controller's task has ended (it must run until stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Stops the controller and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -638,11 +664,25 @@ impl Drop for Running {
     }
 }
 
+/// The controller in-process under the default `--namespace-policy=enforce` (test namespaces
+/// permit every role, see [`Env::namespace`]), with no identity of its own to protect.
 pub async fn run_controller(
     client: &Client,
     ns: &str,
     issuer: Arc<dyn CredentialIssuer>,
     settings: Settings,
+) -> Running {
+    let policy = PolicyContext::new(PolicyMode::Enforce, None, Some(Guard::default()));
+    run_controller_with_policy(client, ns, issuer, settings, policy).await
+}
+
+/// [`run_controller`] with this namespace role policy.
+pub async fn run_controller_with_policy(
+    client: &Client,
+    ns: &str,
+    issuer: Arc<dyn CredentialIssuer>,
+    settings: Settings,
+    policy: PolicyContext,
 ) -> Running {
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -658,6 +698,7 @@ pub async fn run_controller(
         metrics: Arc::new(Metrics::new()),
         backoff: Backoff::default(),
         leader: controller::leader::always_leader().1,
+        policy,
     });
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = oneshot::channel::<()>();
@@ -853,6 +894,8 @@ pub struct Launch {
     pub aws_env: Option<Vec<(&'static str, String)>>,
     /// Runs it with this directory bind-mounted at /meta/aws-iam, as a pod that mounts a Secret.
     pub meta_volume: Option<PathBuf>,
+    /// Another kubeconfig than the admin's (e.g. [`sa_kubeconfig`]'s).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// [`start_binary`] with control over discovery, the controller's own credentials and its
@@ -869,7 +912,14 @@ pub async fn start_binary_with(
     let admin_port = free_port();
     let log = env.dir.join(format!("controller-{ns}-{admin_port}.log"));
     let mut args = vec![
-        format!("--kubeconfig={}", env.kubeconfig.display()),
+        format!(
+            "--kubeconfig={}",
+            launch
+                .kubeconfig
+                .as_ref()
+                .unwrap_or(&env.kubeconfig)
+                .display()
+        ),
         format!("--namespace={ns}"),
         format!("--sts-endpoint={sts_endpoint}"),
         "--sts-region=us-east-1".into(),
@@ -1123,7 +1173,6 @@ pub async fn scene(prefix: &str) -> Scene {
 pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str>, dry_run: bool) {
     use kube::api::{DynamicObject, Patch, PatchParams};
     use kube::core::GroupVersionKind;
-    use kube::discovery::ApiResource;
     let text = std::fs::read_to_string(repo().join(path)).expect("manifest");
     let mut applied = 0;
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -1135,11 +1184,12 @@ pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str
             .api_version
             .rsplit_once('/')
             .unwrap_or(("", &types.api_version));
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &types.kind));
-        let cluster_scoped = matches!(
-            types.kind.as_str(),
-            "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" | "Namespace"
-        );
+        let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+        // Scope from the API server's discovery, so any kind applies to the right endpoint.
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("discover {path} {}: {e}", types.kind));
+        let cluster_scoped = caps.scope == kube::discovery::Scope::Cluster;
         let ns = obj.metadata.namespace.as_deref().or(default_ns);
         let api: Api<DynamicObject> = match ns {
             Some(ns) if !cluster_scoped => Api::namespaced_with(client.clone(), ns, &ar),
@@ -1167,4 +1217,59 @@ pub fn boto3_identity_from_secret(env: &Env, secret: &Secret) -> String {
         &env.moto_endpoint,
         &[("AWS_SHARED_CREDENTIALS_FILE", creds_file.as_os_str())],
     )
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/name` with a token the API server
+/// signed (TokenRequest), for running the controller exactly as its shipped RBAC allows.
+pub async fn sa_kubeconfig(env: &Env, admin: &Client, ns: &str, name: &str) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let token = sas
+        .create_token_request(name, &PostParams::default(), &TokenRequest::default())
+        .await
+        .expect("token")
+        .status
+        .expect("status")
+        .token
+        .expect("token");
+    let kubeconfig = env.dir.join(format!("kubeconfig-sa-{ns}-{name}"));
+    let original = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
+    let user_start = original.find("users:").expect("users");
+    let ctx_start = original.find("contexts:").expect("contexts");
+    let with_token = format!(
+        "{}users:\n- name: admin\n  user:\n    token: {token}\n{}",
+        &original[..user_start],
+        &original[ctx_start..]
+    );
+    std::fs::write(&kubeconfig, with_token).expect("write kubeconfig");
+    kubeconfig
+}
+
+/// Waits until `name`'s Ready condition has `status` (and `reason`, when given).
+pub async fn ready_role(
+    api: &Api<AWSIAMRole>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> AWSIAMRole {
+    wait_for(&format!("{name} Ready={status} {reason:?}"), || async {
+        let r = api.get(name).await.ok()?;
+        let c = r.ready_condition()?;
+        (c.status == status && reason.is_none_or(|x| c.reason == x)).then_some(r)
+    })
+    .await
+}
+
+/// The reasons of the core/v1 Events about object `name` in `ns`, with their counts.
+pub async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<(String, i32)> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.count.unwrap_or(1).max(1)))
+        .collect()
 }
