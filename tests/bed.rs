@@ -126,14 +126,23 @@ async fn every_shipped_manifest_is_accepted_by_the_api_server() {
     let env = env().await;
     let client = env.client().await;
     let ns = env.namespace(&client, "manifests").await;
-    for path in [
-        "deploy/crd.yaml",
-        "deploy/rbac.yaml",
-        "deploy/deployment.yaml",
-        "deploy/deployment-with-role.yaml",
-        "deploy/example-app.yaml",
-        "examples/awsiamrole.yaml",
-    ] {
+    // deploy/rbac-namespaced.yaml serves namespace `team`.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let mut team = k8s_openapi::api::core::v1::Namespace::default();
+    team.metadata.name = Some("team".into());
+    let _ = namespaces.create(&PostParams::default(), &team).await;
+    // The CRD first: the examples hold AWSIAMRoles.
+    support::apply_manifest(&client, "deploy/crd.yaml", Some(&ns), false).await;
+    let mut paths: Vec<String> = std::fs::read_dir(support::repo().join("deploy"))
+        .expect("deploy/")
+        .filter_map(|e| e.ok())
+        .map(|e| format!("deploy/{}", e.file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".yaml"))
+        .collect();
+    paths.sort();
+    paths.push("examples/awsiamrole.yaml".into());
+    assert!(paths.len() >= 8, "{paths:?}");
+    for path in &paths {
         support::apply_manifest(&client, path, Some(&ns), true).await;
     }
 }
