@@ -63,6 +63,8 @@ pub struct Args {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 }
 
 /// Who may get which role (`docs/security.md`).
@@ -294,6 +296,105 @@ pub struct RuntimeArgs {
     pub debug: bool,
 }
 
+/// The mutating admission webhook (docs/webhook.md); off unless --webhook.
+#[derive(Clone, Debug, ClapArgs)]
+pub struct WebhookArgs {
+    /// Serve the admission webhook that injects the Secret mount and SDK environment into pods
+    /// that name an AWSIAMRole. Every replica serves; only the leader rotates the certificate.
+    #[arg(long = "webhook", env = "KAIC_WEBHOOK")]
+    pub webhook: bool,
+    /// Address of the webhook's HTTPS server.
+    #[arg(long, env = "KAIC_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Namespace of the webhook's Service and TLS Secret (default: POD_NAMESPACE, else kube-system).
+    #[arg(long, env = "KAIC_WEBHOOK_NAMESPACE")]
+    pub webhook_namespace: Option<String>,
+    /// The webhook's Service; its DNS names go into the serving certificate.
+    #[arg(
+        long,
+        env = "KAIC_WEBHOOK_SERVICE",
+        default_value = "kube-aws-iam-controller-webhook"
+    )]
+    pub webhook_service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
+    #[arg(
+        long,
+        env = "KAIC_WEBHOOK_CONFIGURATION",
+        default_value = "kube-aws-iam-controller"
+    )]
+    pub webhook_configuration: String,
+    /// Secret holding the webhook's CA and serving certificate (created and rotated by the leader).
+    #[arg(
+        long,
+        env = "KAIC_WEBHOOK_SECRET",
+        default_value = "kube-aws-iam-controller-webhook-tls"
+    )]
+    pub webhook_secret: String,
+    /// More DNS names or IP addresses for the serving certificate (comma-separated).
+    #[arg(long, env = "KAIC_WEBHOOK_SAN", value_delimiter = ',')]
+    pub webhook_san: Vec<String>,
+    /// Serve this certificate file (e.g. from cert-manager) instead of managing one; re-read
+    /// when it changes. Needs --webhook-key-file.
+    #[arg(long, env = "KAIC_WEBHOOK_CERT_FILE", requires = "webhook_key_file")]
+    pub webhook_cert_file: Option<std::path::PathBuf>,
+    /// The private key of --webhook-cert-file.
+    #[arg(long, env = "KAIC_WEBHOOK_KEY_FILE", requires = "webhook_cert_file")]
+    pub webhook_key_file: Option<std::path::PathBuf>,
+    /// Also inject AWS_REGION and AWS_DEFAULT_REGION with this value.
+    #[arg(long, env = "KAIC_WEBHOOK_REGION")]
+    pub webhook_region: Option<String>,
+    /// Lifetime of the webhook's own CA (renewed when a third is left).
+    #[arg(long, env = "KAIC_WEBHOOK_CA_LIFETIME", default_value = "365d", value_parser = duration)]
+    pub webhook_ca_lifetime: Duration,
+    /// Lifetime of the serving certificate (renewed when a third is left).
+    #[arg(long, env = "KAIC_WEBHOOK_CERT_LIFETIME", default_value = "30d", value_parser = duration)]
+    pub webhook_cert_lifetime: Duration,
+    /// How long a new CA is trusted before it signs, and the old one after.
+    #[arg(long, env = "KAIC_WEBHOOK_CERT_OVERLAP", default_value = "10m", value_parser = duration)]
+    pub webhook_cert_overlap: Duration,
+    /// How often the leader checks the certificate (and file mode re-reads the files).
+    #[arg(long, env = "KAIC_WEBHOOK_CHECK_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub webhook_check_interval: Duration,
+}
+
+impl WebhookArgs {
+    /// The webhook's settings; `watch_namespace` is --namespace.
+    pub fn settings(&self, watch_namespace: Option<String>) -> crate::webhook::Settings {
+        use crate::webhook::{TlsSource, certs::Lifetimes};
+        let namespace = self.webhook_namespace.clone().unwrap_or_else(|| {
+            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into())
+        });
+        let svc = &self.webhook_service;
+        let mut sans = vec![
+            format!("{svc}.{namespace}.svc"),
+            format!("{svc}.{namespace}.svc.cluster.local"),
+        ];
+        sans.extend(self.webhook_san.iter().cloned());
+        let tls = match (&self.webhook_cert_file, &self.webhook_key_file) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => TlsSource::SelfManaged(Lifetimes {
+                ca: self.webhook_ca_lifetime,
+                serving: self.webhook_cert_lifetime,
+                overlap: self.webhook_cert_overlap,
+            }),
+        };
+        crate::webhook::Settings {
+            addr: self.webhook_addr,
+            namespace,
+            secret: self.webhook_secret.clone(),
+            configuration: self.webhook_configuration.clone(),
+            sans,
+            tls,
+            region: self.webhook_region.clone(),
+            watch_namespace,
+            check_interval: self.webhook_check_interval,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +511,36 @@ mod tests {
         let a = Args::try_parse_from(["x", "--namespace=team", "--session-tags"]).expect("parse");
         assert!(a.command.is_none());
         assert!(a.sts.session_tags);
+    }
+
+    #[test]
+    fn webhook_is_off_by_default_and_its_defaults_name_the_shipped_objects() {
+        let a = Args::try_parse_from(["x"]).expect("parse");
+        assert!(!a.webhook.webhook);
+        let s = a.webhook.settings(None);
+        assert!(matches!(s.tls, crate::webhook::TlsSource::SelfManaged(l) if l.validate().is_ok()));
+        assert_eq!(s.configuration, "kube-aws-iam-controller");
+        let a = Args::try_parse_from([
+            "x",
+            "--webhook",
+            "--webhook-namespace=ops",
+            "--webhook-san=127.0.0.1,localhost",
+            "--webhook-cert-file=/tls/tls.crt",
+            "--webhook-key-file=/tls/tls.key",
+        ])
+        .expect("parse");
+        let s = a.webhook.settings(Some("team".into()));
+        assert_eq!(
+            s.sans,
+            [
+                "kube-aws-iam-controller-webhook.ops.svc",
+                "kube-aws-iam-controller-webhook.ops.svc.cluster.local",
+                "127.0.0.1",
+                "localhost"
+            ]
+        );
+        assert!(matches!(s.tls, crate::webhook::TlsSource::Files { .. }));
+        assert!(Args::try_parse_from(["x", "--webhook-cert-file=/a"]).is_err());
     }
 
     #[test]

@@ -203,6 +203,24 @@ async fn run(args: Args) -> Result<()> {
         leader: leader_rx,
         policy: PolicyContext::new(args.policy.namespace_policy, Some(own), None),
     });
+    // --- admission webhook (src/webhook/, docs/webhook.md): every replica serves admissions,
+    // only the leader rotates the certificate.
+    let _webhook = if args.webhook.webhook {
+        let leader = ctx.clone();
+        Some(
+            kube_aws_iam_controller::webhook::start(
+                ctx.client.clone(),
+                args.webhook.settings(args.kube.namespace.clone()),
+                ctx.metrics.clone(),
+                Arc::new(move || leader.is_leader()),
+                Some(kube_aws_iam_controller::webhook::policy_check(ctx.clone())),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // --- end admission webhook
     info!(
         namespace_policy = args.policy.namespace_policy.as_str(),
         "namespace role policy"

@@ -32,6 +32,9 @@ pub struct Metrics {
     leader: Gauge,
     policy_denied: Gauge,
     policy_would_deny: Gauge,
+    webhook_admissions: Family<Labels, Counter>,
+    webhook_duration: Histogram,
+    webhook_cert_expiry: Gauge<f64, AtomicU64>,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -80,6 +83,24 @@ impl Metrics {
             "policy_would_deny",
             "AWSIAMRoles issued under --namespace-policy=audit that enforce would deny",
             policy_would_deny.clone(),
+        );
+        let webhook_admissions = Family::<Labels, Counter>::default();
+        let webhook_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let webhook_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_admissions",
+            "Pod admissions by result (mutated, unchanged, skipped, denied, error)",
+            webhook_admissions.clone(),
+        );
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "Time the webhook took to answer one admission",
+            webhook_duration.clone(),
+        );
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served webhook certificate expires",
+            webhook_cert_expiry.clone(),
         );
         registry.register(
             "reconciles",
@@ -139,6 +160,9 @@ impl Metrics {
             leader,
             policy_denied,
             policy_would_deny,
+            webhook_admissions,
+            webhook_duration,
+            webhook_cert_expiry,
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -183,6 +207,18 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Counts an admission; `result` is one of `webhook::review::result`.
+    pub fn webhook_admission(&self, result: &'static str, seconds: f64) {
+        self.webhook_admissions
+            .get_or_create(&vec![("result", result)])
+            .inc();
+        self.webhook_duration.observe(seconds);
+    }
+
+    pub fn webhook_certificate_expiry(&self, unix_seconds: f64) {
+        self.webhook_cert_expiry.set(unix_seconds);
     }
 
     /// Records an AWSIAMRole's state (`key` is namespace/name) and refreshes the derived gauges.

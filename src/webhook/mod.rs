@@ -1,0 +1,732 @@
+//! Mutating admission webhook: pods that name an AWSIAMRole (by label, or through their
+//! ServiceAccount) get its Secret mounted at `/meta/aws-iam` and the SDK environment. Every
+//! replica serves admissions from watch caches; only the leader creates and rotates the TLS
+//! certificate and keeps the webhook configuration's `caBundle` current.
+
+pub mod certs;
+pub mod mutate;
+pub mod review;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::crd::AWSIAMRole;
+use crate::metrics::Metrics;
+use certs::{Lifetimes, Material};
+use review::{Facts, RoleState};
+
+/// Labels on the TLS Secret; a Secret without them is never overwritten.
+pub const TLS_SECRET_COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "webhook-tls");
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kube-aws-iam-controller");
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// The controller's own CA, in a Secret; the leader rotates it.
+    SelfManaged(Lifetimes),
+    /// Files another tool (cert-manager) keeps current; re-read when they change.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// How the webhook runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub addr: SocketAddr,
+    /// Namespace of the TLS Secret (the controller's own).
+    pub namespace: String,
+    pub secret: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` the leader keeps current.
+    pub configuration: String,
+    /// Names and IP addresses in the serving certificate.
+    pub sans: Vec<String>,
+    pub tls: TlsSource,
+    /// Region variables to inject, if any.
+    pub region: Option<String>,
+    /// Watch AWSIAMRoles and ServiceAccounts in this namespace only.
+    pub watch_namespace: Option<String>,
+    /// How often the leader checks the certificate, and file mode re-reads the files.
+    pub check_interval: Duration,
+}
+
+/// "Am I the leader now?"
+pub type IsLeader = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Why the namespace role policy refuses an AWSIAMRole (`None`: permitted, or not known yet).
+/// Answered from the controller's caches, never by an API call.
+pub type PolicyCheck = Arc<dyn Fn(&AWSIAMRole) -> Option<String> + Send + Sync>;
+
+/// The namespace role policy as the controller applies it (`ctx.policy`), for warnings.
+pub fn policy_check(ctx: Arc<crate::controller::Context>) -> PolicyCheck {
+    use crate::controller::policy::Judgement;
+    use crate::policy::Verdict;
+    Arc::new(move |role: &AWSIAMRole| {
+        let base = ctx.settings.base_role_arn.as_ref();
+        let arn = crate::aws::arn::resolve(&role.spec.role_reference, base).ok()?;
+        match ctx.policy.judge(role, &arn, base) {
+            Judgement::Verdict(Verdict::Denied(d)) => Some(d.message),
+            Judgement::Verdict(Verdict::WouldDeny(d)) => {
+                Some(format!("{} (audit mode: issued anyway)", d.message))
+            }
+            Judgement::Verdict(Verdict::Permitted) | Judgement::Pending(_) => None,
+        }
+    })
+}
+
+/// The running webhook; dropping it stops every task it started.
+pub struct Handle {
+    pub addr: SocketAddr,
+    pub certs: Arc<server::CertStore>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Shared {
+    client: Client,
+    roles: Store<AWSIAMRole>,
+    accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    roles_ready: AtomicBool,
+    region: Option<String>,
+    metrics: Arc<Metrics>,
+    policy: Option<PolicyCheck>,
+}
+
+/// Binds the listener and starts the caches, the server and the certificate tasks.
+pub async fn start(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    is_leader: IsLeader,
+    policy: Option<PolicyCheck>,
+) -> Result<Handle, crate::Error> {
+    if let TlsSource::SelfManaged(l) = &settings.tls {
+        l.validate().map_err(crate::Error::Config)?;
+    }
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .map_err(|e| crate::Error::Config(format!("--webhook-addr {}: {e}", settings.addr)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::Error::Config(format!("--webhook-addr: {e}")))?;
+    let certs = Arc::new(server::CertStore::default());
+    let tls = server::tls_config(certs.clone())
+        .map_err(|e| crate::Error::Config(format!("webhook TLS: {e}")))?;
+    let mut tasks = Vec::new();
+
+    let (roles, roles_writer) = reflector::store();
+    let (accounts, accounts_writer) = reflector::store();
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        roles,
+        accounts,
+        roles_ready: AtomicBool::new(false),
+        region: settings.region.clone(),
+        metrics: metrics.clone(),
+        policy,
+    });
+    let (role_api, account_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<ServiceAccount>>) =
+        match &settings.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let role_stream = reflector::reflector(roles_writer, watcher(role_api, Default::default()))
+        .default_backoff()
+        .touched_objects();
+    tasks.push(tokio::spawn(role_stream.for_each(|_| async {})));
+    // Metadata only: the annotation is all the webhook reads.
+    let account_stream =
+        reflector::reflector(accounts_writer, watcher(account_api, Default::default()))
+            .default_backoff()
+            .touched_objects();
+    tasks.push(tokio::spawn(account_stream.for_each(|_| async {})));
+    let s = shared.clone();
+    tasks.push(tokio::spawn(async move {
+        // Until then "does not exist" could be wrong: no role warnings before the first list.
+        // (A ServiceAccount the cache lacks is read from the API server instead.)
+        if s.roles.wait_until_ready().await.is_ok() {
+            s.roles_ready.store(true, Ordering::SeqCst);
+        }
+    }));
+
+    match &settings.tls {
+        TlsSource::SelfManaged(l) => {
+            tasks.push(tokio::spawn(follow_secret(
+                client.clone(),
+                settings.clone(),
+                certs.clone(),
+                metrics.clone(),
+            )));
+            tasks.push(tokio::spawn(rotate(
+                client.clone(),
+                settings.clone(),
+                *l,
+                is_leader,
+            )));
+        }
+        TlsSource::Files { cert, key } => {
+            tasks.push(tokio::spawn(follow_files(
+                cert.clone(),
+                key.clone(),
+                settings.check_interval,
+                certs.clone(),
+            )));
+        }
+    }
+    tasks.push(tokio::spawn(server::serve(listener, tls, router(shared))));
+    info!(%addr, "admission webhook listening");
+    Ok(Handle { addr, certs, tasks })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/mutate", post(admit))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(shared)
+}
+
+async fn admit(State(s): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+    let start = Instant::now();
+    let (res, label) = s.decide(&body).await;
+    s.metrics
+        .webhook_admission(label, start.elapsed().as_secs_f64());
+    let body = serde_json::to_vec(&res.into_review()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+impl Shared {
+    async fn decide(&self, body: &[u8]) -> (AdmissionResponse, &'static str) {
+        let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    AdmissionResponse::invalid(format!(
+                        "not an AdmissionReview of a Pod (line {}, column {})",
+                        e.line(),
+                        e.column()
+                    )),
+                    review::result::ERROR,
+                );
+            }
+        };
+        let req: AdmissionRequest<Pod> = match review.try_into() {
+            Ok(r) => r,
+            Err(_) => {
+                return (
+                    AdmissionResponse::invalid("AdmissionReview without a request"),
+                    review::result::ERROR,
+                );
+            }
+        };
+        let ns = req.namespace.clone().unwrap_or_default();
+        let explicit = req.object.as_ref().and_then(mutate::pod_role);
+        let from_account = match (explicit, req.object.as_ref()) {
+            (None, Some(pod)) => {
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.as_deref())
+                    .unwrap_or("default");
+                self.service_account_role(&ns, sa).await
+            }
+            _ => None,
+        };
+        let choice = mutate::choose(explicit, from_account.as_deref());
+        let (role, not_permitted) = match choice.role() {
+            Some(r) => self.role_state(&ns, r),
+            None => (RoleState::Unknown, None),
+        };
+        let facts = Facts {
+            choice,
+            role,
+            not_permitted,
+        };
+        review::respond(&req, &facts, self.region.as_deref())
+    }
+
+    /// From the cache; a ServiceAccount the cache has not seen yet (created a moment ago) is
+    /// read once from the API server, with a short timeout.
+    async fn service_account_role(&self, ns: &str, name: &str) -> Option<String> {
+        let key = ObjectRef::new(name).within(ns);
+        if let Some(sa) = self.accounts.get(&key) {
+            return sa
+                .annotations()
+                .get(mutate::SERVICE_ACCOUNT_ANNOTATION)
+                .cloned();
+        }
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        match tokio::time::timeout(Duration::from_secs(2), api.get_metadata_opt(name)).await {
+            Ok(Ok(Some(sa))) => sa
+                .annotations()
+                .get(mutate::SERVICE_ACCOUNT_ANNOTATION)
+                .cloned(),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                warn!(namespace = ns, serviceaccount = name, error = %e, "could not read the ServiceAccount");
+                None
+            }
+            Err(_) => {
+                warn!(
+                    namespace = ns,
+                    serviceaccount = name,
+                    "reading the ServiceAccount timed out"
+                );
+                None
+            }
+        }
+    }
+
+    /// The AWSIAMRole's state, and the namespace policy's refusal of it, from the caches.
+    fn role_state(&self, ns: &str, name: &str) -> (RoleState, Option<String>) {
+        if !self.roles_ready.load(Ordering::SeqCst) {
+            return (RoleState::Unknown, None);
+        }
+        let Some(role) = self.roles.get(&ObjectRef::new(name).within(ns)) else {
+            return (RoleState::Missing, None);
+        };
+        let state = match role.ready_condition() {
+            Some(c) if c.status == "True" => RoleState::Ready,
+            Some(c) => RoleState::NotReady {
+                reason: c.reason.clone(),
+            },
+            None => RoleState::NotReady {
+                reason: "no status yet".into(),
+            },
+        };
+        (state, self.policy.as_ref().and_then(|check| check(&role)))
+    }
+}
+
+fn owned(secret: &Secret) -> bool {
+    secret
+        .labels()
+        .get(TLS_SECRET_COMPONENT.0)
+        .is_some_and(|v| v == TLS_SECRET_COMPONENT.1)
+}
+
+/// The material stored in the webhook's Secret, if it is ours and readable.
+pub fn material(secret: &Secret) -> Option<Material> {
+    if !owned(secret) {
+        return None;
+    }
+    let raw = secret.data.as_ref()?.get(certs::STATE_KEY)?;
+    serde_json::from_slice(&raw.0).ok()
+}
+
+fn secret_for(settings: &Settings, m: &Material, resource_version: Option<String>) -> Secret {
+    let mut data = std::collections::BTreeMap::new();
+    let json = serde_json::to_vec(m).unwrap_or_default();
+    data.insert(certs::STATE_KEY.to_string(), ByteString(json));
+    data.insert("ca.crt".into(), ByteString(m.bundle().into_bytes()));
+    if let Some(s) = &m.serving {
+        data.insert("tls.crt".into(), ByteString(s.cert.clone().into_bytes()));
+        data.insert("tls.key".into(), ByteString(s.key.clone().into_bytes()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(settings.secret.clone()),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(
+                [TLS_SECRET_COMPONENT, MANAGED_BY]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            resource_version,
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+/// The leader's loop: create or rotate the certificate, keep the `caBundle` current.
+async fn rotate(client: Client, settings: Settings, lifetimes: Lifetimes, is_leader: IsLeader) {
+    loop {
+        if is_leader()
+            && let Err(e) = rotate_once(&client, &settings, &lifetimes).await
+        {
+            warn!(error = %e, "webhook certificate: will retry");
+        }
+        tokio::time::sleep(settings.check_interval).await;
+    }
+}
+
+async fn rotate_once(
+    client: &Client,
+    settings: &Settings,
+    lifetimes: &Lifetimes,
+) -> Result<(), String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let existing = api.get_opt(&settings.secret).await.map_err(|e| {
+        format!(
+            "read Secret {}/{}: {e}",
+            settings.namespace, settings.secret
+        )
+    })?;
+    let current = match &existing {
+        Some(s) if !owned(s) => {
+            return Err(format!(
+                "Secret {}/{} exists without the label {}={}: not overwritten",
+                settings.namespace, settings.secret, TLS_SECRET_COMPONENT.0, TLS_SECRET_COMPONENT.1
+            ));
+        }
+        Some(s) => material(s).unwrap_or_default(),
+        None => Material::default(),
+    };
+    let now = Utc::now();
+    let step = certs::plan(&current, &settings.sans, now, lifetimes);
+    let mut next = certs::apply(&step, &current, &settings.sans, now, lifetimes)
+        .map_err(|e| format!("generate certificate: {e}"))?;
+    publish_bundle(client, &settings.configuration, &next.bundle())
+        .await
+        .map_err(|e| format!("update caBundle of {}: {e}", settings.configuration))?;
+    if let Some(n) = next.next_ca.as_mut()
+        && n.published_at.is_none()
+    {
+        n.published_at = Some(now);
+    }
+    if next == current && existing.is_some() {
+        return Ok(());
+    }
+    info!(step = ?step, secret = %settings.secret, "webhook certificate updated");
+    let rv = existing.and_then(|s| s.metadata.resource_version);
+    let secret = secret_for(settings, &next, rv.clone());
+    let written = match rv {
+        Some(_) => {
+            api.replace(&settings.secret, &PostParams::default(), &secret)
+                .await
+        }
+        None => api.create(&PostParams::default(), &secret).await,
+    };
+    written.map(|_| ()).map_err(|e| {
+        format!(
+            "write Secret {}/{}: {e}",
+            settings.namespace, settings.secret
+        )
+    })
+}
+
+/// Sets `bundle` as the `caBundle` of every webhook in the configuration (absent: nothing to do).
+async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(), kube::Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let Some(mut mwc) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let want = ByteString(bundle.as_bytes().to_vec());
+    let mut changed = false;
+    for w in mwc.webhooks.iter_mut().flatten() {
+        if w.client_config.ca_bundle.as_ref() != Some(&want) {
+            w.client_config.ca_bundle = Some(want.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        api.replace(name, &PostParams::default(), &mwc).await?;
+        info!(configuration = name, "caBundle updated");
+    }
+    Ok(())
+}
+
+/// Every replica: serve the certificate in the Secret, switching as soon as it changes.
+async fn follow_secret(
+    client: Client,
+    settings: Settings,
+    certs: Arc<server::CertStore>,
+    metrics: Arc<Metrics>,
+) {
+    let api: Api<Secret> = Api::namespaced(client, &settings.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.secret));
+    let stream = watcher(api, config).default_backoff().applied_objects();
+    tokio::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let Ok(secret) = event else { continue };
+        let Some(serving) = material(&secret).and_then(|m| m.serving) else {
+            continue;
+        };
+        match certs.load(&serving.cert, &serving.key) {
+            Ok(true) => {
+                info!(issuer = %serving.issuer, not_after = %serving.not_after, "serving the webhook certificate");
+                metrics.webhook_certificate_expiry(serving.not_after.timestamp() as f64);
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "webhook certificate in the Secret is unusable"),
+        }
+    }
+}
+
+/// File mode: re-read the files every interval and switch when they change.
+async fn follow_files(
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+    certs: Arc<server::CertStore>,
+) {
+    loop {
+        match (
+            tokio::fs::read_to_string(&cert).await,
+            tokio::fs::read_to_string(&key).await,
+        ) {
+            (Ok(c), Ok(k)) => match certs.load(&c, &k) {
+                Ok(true) => {
+                    info!(cert = %cert.display(), "serving the webhook certificate from files")
+                }
+                Ok(false) => {}
+                // A half-written pair (certificate updated, key not yet): the next read fixes it.
+                Err(e) => {
+                    warn!(error = %e, "webhook certificate files unusable; keeping the last good ones")
+                }
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "cannot read the webhook certificate files")
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http::Request;
+    use kube::runtime::watcher::Event;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn review(pod: Value) -> String {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team",
+                "operation": "CREATE",
+                "userInfo": {"username": "alice"},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        })
+        .to_string()
+    }
+
+    fn shared() -> Arc<Shared> {
+        let (roles, mut role_writer) = reflector::store::<AWSIAMRole>();
+        let (accounts, mut account_writer) =
+            reflector::store::<PartialObjectMeta<ServiceAccount>>();
+        let mut ready = AWSIAMRole::new(
+            "ready",
+            crate::crd::AWSIAMRoleSpec {
+                role_reference: "ready".into(),
+                role_session_duration: 3600,
+                policy: None,
+                policy_arns: Vec::new(),
+            },
+        );
+        ready.metadata.namespace = Some("team".into());
+        ready.status = Some(crate::crd::AWSIAMRoleStatus {
+            conditions: vec![crate::crd::Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "CredentialsIssued".into(),
+                message: String::new(),
+                last_transition_time: "2026-01-01T00:00:00Z".into(),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        let mut failing = ready.clone();
+        failing.metadata.name = Some("failing".into());
+        if let Some(s) = failing.status.as_mut() {
+            s.conditions[0].status = "False".into();
+            s.conditions[0].reason = "AccessDenied".into();
+        }
+        role_writer.apply_watcher_event(&Event::InitDone);
+        role_writer.apply_watcher_event(&Event::Apply(ready));
+        role_writer.apply_watcher_event(&Event::Apply(failing));
+        let sa = PartialObjectMeta::<ServiceAccount> {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some("builder".into()),
+                namespace: Some("team".into()),
+                annotations: Some(
+                    [(
+                        mutate::SERVICE_ACCOUNT_ANNOTATION.to_string(),
+                        "ready".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            _phantom: Default::default(),
+        };
+        account_writer.apply_watcher_event(&Event::InitDone);
+        account_writer.apply_watcher_event(&Event::Apply(sa));
+        // The client is never used: every lookup here is answered by the caches.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().expect("url"));
+        Arc::new(Shared {
+            client: Client::try_from(config).expect("client"),
+            roles,
+            accounts,
+            roles_ready: AtomicBool::new(true),
+            region: None,
+            metrics: Arc::new(Metrics::new()),
+            policy: Some(Arc::new(|role: &AWSIAMRole| {
+                (role.name_any() == "failing").then(|| "namespace team permits only app-*".into())
+            })),
+        })
+    }
+
+    async fn post(s: Arc<Shared>, body: String) -> Value {
+        let res = router(s)
+            .oneshot(
+                Request::post("/mutate")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 200);
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    /// kube's AdmissionResponse sends the patch bytes as a JSON array of numbers (which the
+    /// API server decodes into its []byte as well as base64).
+    fn patch_of(review: &Value) -> Value {
+        let raw: Vec<u8> = review["response"]["patch"]
+            .as_array()
+            .expect("patch")
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).expect("byte"))
+            .collect();
+        serde_json::from_slice(&raw).expect("patch json")
+    }
+
+    #[tokio::test]
+    async fn a_labelled_pod_is_patched_and_the_uid_echoed() {
+        let s = shared();
+        let pod = json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "ready"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let out = post(s.clone(), review(pod)).await;
+        assert_eq!(
+            out["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
+        assert_eq!(out["response"]["allowed"], true);
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        assert!(out["response"]["warnings"].is_null(), "{out}");
+        let patch = patch_of(&out).to_string();
+        assert!(patch.contains("\"secretName\":\"ready\""), "{patch}");
+        assert!(
+            s.metrics
+                .render()
+                .contains("kaic_webhook_admissions_total{result=\"mutated\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_accounts_role_is_injected_and_a_pod_label_wins_over_it() {
+        let pod = json!({"metadata": {"name": "p"},
+                         "spec": {"serviceAccountName": "builder", "containers": [{"name": "c", "image": "i"}]}});
+        let out = post(shared(), review(pod)).await;
+        assert!(
+            patch_of(&out)
+                .to_string()
+                .contains("\"secretName\":\"ready\"")
+        );
+        let pod = json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "failing"}},
+                         "spec": {"serviceAccountName": "builder", "containers": [{"name": "c", "image": "i"}]}});
+        let out = post(shared(), review(pod)).await;
+        assert!(
+            patch_of(&out)
+                .to_string()
+                .contains("\"secretName\":\"failing\"")
+        );
+        let pod = json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: ""}},
+                         "spec": {"serviceAccountName": "builder", "containers": [{"name": "c", "image": "i"}]}});
+        let out = post(shared(), review(pod)).await;
+        assert_eq!(out["response"]["allowed"], true);
+        assert!(out["response"]["patch"].is_null(), "opted out: {out}");
+    }
+
+    #[tokio::test]
+    async fn missing_and_failing_roles_are_admitted_with_a_warning() {
+        for (role, want) in [
+            ("absent", "AWSIAMRole team/absent does not exist"),
+            (
+                "failing",
+                "AWSIAMRole team/failing is not Ready (AccessDenied)",
+            ),
+        ] {
+            let pod = json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: role}},
+                             "spec": {"containers": [{"name": "c", "image": "i"}]}});
+            let out = post(shared(), review(pod)).await;
+            assert_eq!(out["response"]["allowed"], true);
+            let warnings = out["response"]["warnings"].to_string();
+            assert!(warnings.contains(want), "{warnings}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_role_name_is_refused_and_garbage_is_answered_not_crashed_on() {
+        let pod = json!({"metadata": {"name": "p"},
+                         "spec": {"serviceAccountName": "x", "containers": [{"name": "c", "image": "i"}]}});
+        let s = shared();
+        let mut labelled = pod.clone();
+        labelled["metadata"]["labels"] = json!({mutate::ROLE_LABEL: "Not_Valid"});
+        let out = post(s.clone(), review(labelled)).await;
+        assert_eq!(out["response"]["allowed"], false);
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a valid Secret name"))
+        );
+        let out = post(s.clone(), "{not json".into()).await;
+        assert_eq!(out["response"]["allowed"], false);
+        assert!(s.metrics.render().contains("result=\"error\""));
+    }
+}
