@@ -170,21 +170,16 @@ pub struct StsOptionArgs {
 }
 
 impl StsOptionArgs {
-    /// The per-request options; `chained` when the controller runs under `--assume-role`.
+    /// The per-request options.
     pub fn options(&self) -> StsOptions {
-        let options = StsOptions {
+        StsOptions {
             external_id: self.external_id.clone(),
             tags: self.session_tags.then(|| TagSettings {
                 cluster_name: self.cluster_name.clone(),
                 transitive: self.transitive_session_tags,
             }),
             source_identity: self.source_identity.clone(),
-            chained: Default::default(),
-        };
-        if self.assume_role.is_some() {
-            options.mark_chained();
         }
-        options
     }
 
     pub fn rate_limit(&self) -> RateLimit {
@@ -423,7 +418,6 @@ mod tests {
         assert!(a.command.is_none());
         let o = a.sts.options();
         assert!(o.tags.is_none() && o.external_id.is_none() && o.source_identity.is_none());
-        assert!(!o.is_chained());
         assert!(a.sts.rate_limit().is_unlimited());
     }
 
@@ -442,7 +436,6 @@ mod tests {
         ])
         .expect("parse");
         let o = a.sts.options();
-        assert!(o.is_chained());
         assert_eq!(o.external_id.as_deref(), Some("tenant-42"));
         assert_eq!(
             o.tags,

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,7 +18,10 @@ use kube_aws_iam_controller::aws::imds::ImdsSettings;
 use kube_aws_iam_controller::aws::sts::{StsIssuer, StsSettings, controller_issuer, load_config};
 use kube_aws_iam_controller::bootstrap;
 use kube_aws_iam_controller::cli::{Args, Command, LogFormat};
-use kube_aws_iam_controller::controller::leader::{self, LeaseSettings};
+use kube_aws_iam_controller::controller::leader::{
+    self, KubeLease, Leadership, LeaseSettings, Resign,
+};
+use kube_aws_iam_controller::controller::learned::Learned;
 use kube_aws_iam_controller::controller::policy::{PolicyContext, learn_identity};
 use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
 use kube_aws_iam_controller::metrics::Metrics;
@@ -39,30 +43,35 @@ fn init_tracing(args: &Args) -> std::result::Result<(), String> {
     Ok(())
 }
 
-async fn base_role_arn(args: &Args, issuer: &StsIssuer) -> Result<Option<BaseRoleArn>> {
-    if let Some(base) = &args.aws.base_role_arn {
-        let base: BaseRoleArn = base
-            .parse()
-            .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))?;
-        return Ok(Some(base));
-    }
+/// Settles the base role ARN from IMDS or STS, retrying while STS cannot be asked, and records
+/// it in `learned`; `None` when the identity yields no base (only full ARNs work then).
+async fn discover_base_role_arn(
+    args: &Args,
+    issuer: StsIssuer,
+    learned: Arc<Learned>,
+) -> Option<BaseRoleArn> {
     let imds = ImdsSettings::resolve(
         args.sts.imds_endpoint.as_deref(),
         |k| std::env::var(k).ok(),
-        std::time::Duration::from_secs(1),
+        Duration::from_secs(1),
     );
-    // Bare role names need the base: wait for STS rather than run without it.
-    let mut delay = std::time::Duration::from_secs(1);
+    let mut delay = Duration::from_secs(1);
     loop {
-        match discover::try_base_role_arn(imds.as_ref(), issuer).await {
-            Ok(found) => return Ok(found.map(|(base, _)| base)),
+        match discover::try_base_role_arn(imds.as_ref(), &issuer).await {
+            Ok(found) => {
+                let base = found.map(|(base, _)| base);
+                if let Some(b) = &base {
+                    learned.set_base_role_arn(b.clone());
+                }
+                return base;
+            }
             Err(_) => {
                 warn!(
                     retry_in_s = delay.as_secs(),
-                    "base role ARN discovery failed; retrying"
+                    "base role ARN discovery failed; retrying (roles given as full ARNs are served meanwhile)"
                 );
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -91,6 +100,57 @@ async fn run(args: Args) -> Result<()> {
         args.kube.apiserver.as_deref(),
     )
     .await?;
+    let flag_base: Option<BaseRoleArn> = match &args.aws.base_role_arn {
+        Some(base) => Some(
+            base.parse()
+                .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))?,
+        ),
+        None => None,
+    };
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kube-aws-iam-controller".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    });
+    let lease = args.leader.leader_elect.then(|| LeaseSettings {
+        name: args.leader.lease_name.clone(),
+        namespace: args.leader.lease_namespace.clone().unwrap_or_else(|| {
+            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into())
+        }),
+        identity: identity.clone(),
+        duration: args.leader.lease_duration,
+        grace: args.leader.lease_grace,
+    });
+    if let Some(lease) = &lease {
+        lease.validate().map_err(Error::Config)?;
+    }
+
+    // The admin server answers before anything slow (discovery, STS) happens.
+    let metrics = Arc::new(Metrics::new());
+    let (leadership, elector) = match &lease {
+        Some(lease) => {
+            let (leadership, elector) = leader::elected(lease, metrics.clone());
+            (leadership, Some(elector))
+        }
+        None => (Leadership::always(), None),
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicBool::new(true));
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        alive: alive.clone(),
+        leadership: leadership.clone(),
+    };
+    let admin_addr = args.runtime.admin_addr;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| Error::Config(format!("--admin-addr {admin_addr}: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, admin::router(admin_state)).await {
+            error!(error = %e, "admin server stopped");
+        }
+    });
+
     let sdk_config = load_config(&StsSettings {
         region: args.aws.sts_region.clone(),
         endpoint: args.aws.sts_endpoint.clone(),
@@ -98,12 +158,36 @@ async fn run(args: Args) -> Result<()> {
     })
     .await;
     let own_sts = StsIssuer::new(&sdk_config, args.aws.sts_timeout);
-    let base = base_role_arn(&args, &own_sts).await?;
+    let learned = Arc::new(Learned::new(
+        flag_base.clone(),
+        args.sts.assume_role.is_some(),
+    ));
+    let discovery = match &flag_base {
+        Some(_) => None,
+        None => {
+            let (args, issuer, learned) = (
+                args.clone(),
+                StsIssuer::new(&sdk_config, args.aws.sts_timeout),
+                learned.clone(),
+            );
+            Some(tokio::spawn(async move {
+                discover_base_role_arn(&args, issuer, learned).await
+            }))
+        }
+    };
     let assume_role = match &args.sts.assume_role {
-        Some(r) => Some(
-            arn::resolve(r, base.as_ref())
-                .map_err(|e| Error::Config(format!("--assume-role: {e}")))?,
-        ),
+        Some(r) => {
+            // A bare --assume-role name needs the base before anything can be issued.
+            let base = match (learned.base_role_arn(), discovery) {
+                (Some(base), _) => Some(base),
+                (None, Some(d)) if !r.trim().starts_with("arn:") => d.await.ok().flatten(),
+                (None, _) => None,
+            };
+            Some(
+                arn::resolve(r, base.as_ref())
+                    .map_err(|e| Error::Config(format!("--assume-role: {e}")))?,
+            )
+        }
         None => None,
     };
     let mut guard = Guard::new(args.policy.allowed_account_ids.clone());
@@ -130,58 +214,19 @@ async fn run(args: Args) -> Result<()> {
     )
     .await?;
 
-    let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
-    let alive = Arc::new(AtomicBool::new(true));
-    let admin_state = AdminState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        alive: alive.clone(),
-    };
-    let admin_addr = args.runtime.admin_addr;
-    let listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|e| Error::Config(format!("--admin-addr {admin_addr}: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, admin::router(admin_state)).await {
-            error!(error = %e, "admin server stopped");
+    let (resign_tx, resign_rx) = tokio::sync::oneshot::channel::<Resign>();
+    let election = match (lease, elector) {
+        (Some(lease), Some(elector)) => {
+            info!(lease = %lease.name, namespace = %lease.namespace, identity, "joining leader election");
+            let store = KubeLease::new(client.clone(), &lease);
+            Some(tokio::spawn(leader::run(
+                store,
+                lease,
+                elector,
+                async move { resign_rx.await.unwrap_or(Resign::LetExpire) },
+            )))
         }
-    });
-
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "kube-aws-iam-controller".into());
-        format!("{host}-{:08x}", rand::random::<u32>())
-    });
-    let (leader_tx, leader_rx) = tokio::sync::watch::channel(!args.leader.leader_elect);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let election = if args.leader.leader_elect {
-        let lease = LeaseSettings {
-            name: args.leader.lease_name.clone(),
-            namespace: args.leader.lease_namespace.clone().unwrap_or_else(|| {
-                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into())
-            }),
-            identity: identity.clone(),
-            duration: args.leader.lease_duration,
-            grace: args.leader.lease_grace,
-        };
-        lease.validate().map_err(Error::Config)?;
-        let manager = leader::manager(client.clone(), &lease)
-            .await
-            .map_err(|e| Error::Config(format!("lease {}/{}: {e}", lease.namespace, lease.name)))?;
-        info!(lease = %lease.name, namespace = %lease.namespace, identity, "joining leader election");
-        let mut stop = stop_rx.clone();
-        Some(tokio::spawn(leader::run(
-            client.clone(),
-            lease,
-            manager,
-            leader_tx,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        )))
-    } else {
-        drop(leader_tx);
-        None
+        _ => None,
     };
     let reporter = Reporter {
         controller: "kube-aws-iam-controller".into(),
@@ -193,15 +238,15 @@ async fn run(args: Args) -> Result<()> {
         issuer,
         settings: Settings {
             refresh_limit: args.controller.refresh_limit,
-            base_role_arn: base,
             backoff_base: args.controller.backoff_base,
             max_backoff: args.controller.max_backoff,
             sts_options: args.sts.options(),
         },
         metrics,
         backoff: Backoff::default(),
-        leader: leader_rx,
+        leader: leadership,
         policy: PolicyContext::new(args.policy.namespace_policy, Some(own), None),
+        learned,
     });
     // --- admission webhook (src/webhook/, docs/webhook.md): every replica serves admissions,
     // only the leader rotates the certificate.
@@ -240,6 +285,7 @@ async fn run(args: Args) -> Result<()> {
         concurrency: args.controller.concurrency,
         janitor_interval: args.controller.interval,
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("shutdown requested: finishing in-flight reconciles");
@@ -255,14 +301,18 @@ async fn run(args: Args) -> Result<()> {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(args.leader.shutdown_timeout).await;
     };
-    tokio::select! {
-        _ = controller => {}
-        _ = deadline => warn!("in-flight reconciles did not finish within --shutdown-timeout"),
-    }
+    // Only once nothing is in flight may another replica start writing.
+    let resign = tokio::select! {
+        () = controller => Resign::Release,
+        () = deadline => {
+            warn!("in-flight reconciles did not finish within --shutdown-timeout; the lease is left to expire");
+            Resign::LetExpire
+        }
+    };
     alive.store(false, Ordering::SeqCst);
     if let Some(election) = election {
-        // The stop signal is set: the election task releases the Lease and ends.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+        let _ = resign_tx.send(resign);
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     info!("stopped");
     Ok(())

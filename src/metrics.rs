@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +36,10 @@ pub struct Metrics {
     webhook_admissions: Family<Labels, Counter>,
     webhook_duration: Histogram,
     webhook_cert_expiry: Gauge<f64, AtomicU64>,
+    election_success_age: Gauge<f64, AtomicU64>,
+    election_last_success: Mutex<Option<Instant>>,
+    /// Role gauges are reported only while leading (a follower's would be stale).
+    leading: AtomicBool,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -102,6 +107,7 @@ impl Metrics {
             "Unix time at which the served webhook certificate expires",
             webhook_cert_expiry.clone(),
         );
+        let election_success_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -147,6 +153,11 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "leader_election_seconds_since_success",
+            "Seconds since the leader election last completed a Lease call (0 without election)",
+            election_success_age.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -163,6 +174,9 @@ impl Metrics {
             webhook_admissions,
             webhook_duration,
             webhook_cert_expiry,
+            election_success_age,
+            election_last_success: Mutex::new(None),
+            leading: AtomicBool::new(true),
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -170,6 +184,9 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
+        if let Ok(Some(t)) = self.election_last_success.lock().as_deref() {
+            self.election_success_age.set(t.elapsed().as_secs_f64());
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -205,8 +222,22 @@ impl Metrics {
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
+    /// Sets `kaic_leader`. Losing leadership also clears the role gauges (`kaic_awsiamroles`,
+    /// the earliest expiry) and ignores role states until leading again: a follower's view is
+    /// stale and must not fire alerts.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+        let was = self.leading.swap(leader, Ordering::SeqCst);
+        if was && !leader {
+            self.update_roles(|m| m.clear());
+        }
+    }
+
+    /// The leader election completed a Lease call.
+    pub fn election_succeeded(&self) {
+        if let Ok(mut t) = self.election_last_success.lock() {
+            *t = Some(Instant::now());
+        }
     }
 
     /// Counts an admission; `result` is one of `webhook::review::result`.
@@ -222,7 +253,11 @@ impl Metrics {
     }
 
     /// Records an AWSIAMRole's state (`key` is namespace/name) and refreshes the derived gauges.
+    /// Ignored while not leading.
     pub fn role_state(&self, key: &str, ready: bool, expiry: Option<i64>) {
+        if !self.leading.load(Ordering::SeqCst) {
+            return;
+        }
         self.update_roles(|m| {
             m.insert(key.to_string(), RoleState { ready, expiry });
         });
@@ -310,6 +345,43 @@ mod tests {
         assert!(
             m.render()
                 .contains("kaic_credentials_earliest_expiry_timestamp_seconds 2000")
+        );
+    }
+
+    #[test]
+    fn losing_leadership_clears_the_role_gauges_until_leading_again() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.role_state("ns/a", true, Some(2000));
+        m.role_state("ns/b", false, Some(1000));
+        m.set_leader(false);
+        let text = m.render();
+        assert!(text.contains("kaic_leader 0"), "{text}");
+        assert!(
+            text.contains("kaic_awsiamroles{ready=\"true\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kaic_awsiamroles{ready=\"false\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("kaic_credentials_earliest_expiry_timestamp_seconds 0"));
+        // A reconcile that was in flight when leadership ended reports nothing.
+        m.role_state("ns/a", true, Some(2000));
+        assert!(m.tracked_roles().is_empty());
+        m.set_leader(true);
+        m.role_state("ns/a", true, Some(2000));
+        assert!(m.render().contains("kaic_awsiamroles{ready=\"true\"} 1"));
+    }
+
+    #[test]
+    fn the_time_since_the_last_election_success_is_exported() {
+        let m = Metrics::new();
+        m.election_succeeded();
+        let text = m.render();
+        assert!(
+            text.contains("kaic_leader_election_seconds_since_success "),
+            "{text}"
         );
     }
 }

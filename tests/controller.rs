@@ -391,9 +391,13 @@ async fn invalid_references_are_reported_without_calling_sts() {
     let sts = StsDouble::start().await;
     // The schema refuses malformed ARNs (tests/malformed.rs); a bare name without a base role
     // ARN passes it and is still unusable.
-    let mut settings = test_settings();
-    settings.base_role_arn = None;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = support::run_controller_without_base(
+        &client,
+        &ns,
+        sts_issuer(&sts.endpoint),
+        test_settings(),
+    )
+    .await;
     roles
         .create(&PostParams::default(), &role("bad", "bare-name", 3600))
         .await

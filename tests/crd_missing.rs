@@ -38,6 +38,18 @@ async fn missing_crd_means_not_ready_not_exit() {
             "ready without its CRD"
         );
     }
+    // SIGTERM while the watches never synced: nothing is in flight, so it exits at once
+    // rather than after --shutdown-timeout.
+    let idle = start_binary(env, &ns, &env.moto_endpoint, &["--shutdown-timeout=5m"]).await;
+    let asked = std::time::Instant::now();
+    let status = idle.signal("TERM");
+    let took = asked.elapsed();
+    assert!(status.success(), "graceful exit: {status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "exit took {took:?}: it waited for --shutdown-timeout"
+    );
+    eprintln!("SIGTERM before the caches synced: exited after {took:?}");
     install_crd(&client).await;
     wait_for("ready once the CRD exists", || async {
         Some(bin.admin("/readyz").await).filter(|r| r.starts_with("200"))

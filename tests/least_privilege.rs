@@ -90,11 +90,9 @@ const SERVED: &[(&str, &str, &str, &str)] = &[
     ("", "events", "*", "patch"),
 ];
 
-/// The Lease: created and watched, read and renewed by name only.
+/// The Lease: created, read and renewed (or released) by name only.
 const LEASE: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "*", "create"),
-    ("coordination.k8s.io", "leases", "*", "list"),
-    ("coordination.k8s.io", "leases", "*", "watch"),
     (
         "coordination.k8s.io",
         "leases",

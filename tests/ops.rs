@@ -9,26 +9,21 @@ use support::{Scene, scene};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
 use support::{
-    Binary, data, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
+    Binary, data, metric, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
 };
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn sts_outage_keeps_the_last_credentials_backs_off_and_recovers() {
@@ -170,7 +165,13 @@ async fn controller_killed_at_random_points_converges_after_restart() {
         roles,
         ..
     } = scene("sigkill").await;
-    let mut rng = rand::rng();
+    // Seeded, and the seed printed: a failing run can be replayed with KAIC_SEED.
+    let seed: u64 = std::env::var("KAIC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("controller_killed_at_random_points_converges_after_restart: KAIC_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut alive: Vec<String> = Vec::new();
     let mut next = 0;
     for round in 0..5 {
@@ -205,15 +206,35 @@ async fn controller_killed_at_random_points_converges_after_restart() {
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
         }
+        let log = bin.log.clone();
         let status = bin.signal("KILL");
-        assert!(!status.success() || status.code().is_some());
+        // The watchdog exits with the controller's status: 128 + 9 when SIGKILL ended it. Any
+        // other status means it had already exited (or crashed) on its own.
+        assert_eq!(
+            status.code(),
+            Some(137),
+            "round {round} (KAIC_SEED={seed}): the controller was not running when killed: {status:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     let bin = start_binary(env, &ns, &env.moto_endpoint, &["--leader-elect=false"]).await;
-    wait_for("every role converged, no orphaned Secret", || {
-        converged(&client, &ns)
-    })
+    wait_for(
+        &format!("every role converged, no orphaned Secret (KAIC_SEED={seed})"),
+        || converged(&client, &ns),
+    )
     .await;
     bin.kill();
+}
+
+/// The holder named in the controller's Lease, if any.
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt("kube-aws-iam-controller")
+        .await
+        .expect("read lease")?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
 }
 
 async fn leader_of<'a>(bins: &'a [&'a Binary]) -> Option<usize> {
@@ -283,10 +304,6 @@ async fn two_replicas_issue_once_and_the_follower_takes_over() {
     })
     .await;
     let takeover = killed.elapsed();
-    assert!(
-        takeover < Duration::from_secs(12),
-        "takeover took {takeover:?} with a 6 s lease"
-    );
     roles
         .create(&PostParams::default(), &role("ha-four", "ha-four", 3600))
         .await
@@ -326,6 +343,7 @@ async fn two_replicas_issue_once_and_the_follower_takes_over() {
 async fn sigterm_releases_the_lease_so_the_follower_takes_over_at_once() {
     let Scene {
         env,
+        client,
         ns,
         roles,
         secrets,
@@ -339,20 +357,28 @@ async fn sigterm_releases_the_lease_so_the_follower_takes_over_at_once() {
     let leader = wait_for("a leader", || async { leader_of(&[&a, &b]).await }).await;
     let (first, second) = if leader == 0 { (a, b) } else { (b, a) };
     let first_log = first.log.clone();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder_before = lease_holder(&leases)
+        .await
+        .expect("the leader holds the lease");
     let t = Instant::now();
     let status = first.signal("TERM");
     assert!(status.success(), "graceful exit: {status:?}");
+    // Event, not time: as soon as the leader has exited, the Lease no longer names it (it was
+    // released; a 60 s lease cannot have expired meanwhile).
+    let holder_after = lease_holder(&leases).await;
+    assert_ne!(
+        holder_after.as_deref(),
+        Some(holder_before.as_str()),
+        "the lease was not released\nleader log:\n{}\nfollower log:\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default(),
+        second.logs()
+    );
     wait_for("the follower to take over", || async {
         (second.metric("kaic_leader").await == Some(1.0)).then_some(())
     })
     .await;
     let takeover = t.elapsed();
-    assert!(
-        takeover < Duration::from_secs(30),
-        "takeover took {takeover:?}: the lease was not released\nleader log:\n{}\nfollower log:\n{}",
-        std::fs::read_to_string(&first_log).unwrap_or_default(),
-        second.logs()
-    );
     eprintln!("takeover after SIGTERM of the leader: {takeover:?}");
     roles
         .create(&PostParams::default(), &role("after", "after", 3600))
@@ -363,4 +389,153 @@ async fn sigterm_releases_the_lease_so_the_follower_takes_over_at_once() {
     })
     .await;
     second.kill();
+}
+
+#[tokio::test]
+async fn sigterm_releases_the_lease_only_after_in_flight_reconciles_finished() {
+    let Scene {
+        env,
+        client,
+        ns,
+        roles,
+        secrets,
+    } = scene("drain").await;
+    let sts = StsDouble::start().await;
+    let arn = format!("{ARN_PREFIX}slow");
+    // Long enough that a follower would take over (released lease: within a poll) and issue
+    // while the leader's AssumeRole still hangs.
+    sts.latency(&arn, Duration::from_secs(8));
+    let lease = [
+        "--lease-duration=60s",
+        "--lease-grace=10s",
+        "--shutdown-timeout=60s",
+    ];
+    let a = start_binary(env, &ns, &sts.endpoint, &lease).await;
+    let b = start_binary(env, &ns, &sts.endpoint, &lease).await;
+    let leader = wait_for("a leader", || async { leader_of(&[&a, &b]).await }).await;
+    let (first, second) = if leader == 0 { (a, b) } else { (b, a) };
+    roles
+        .create(&PostParams::default(), &role("slow", "slow", 3600))
+        .await
+        .expect("create");
+    wait_for("the leader's AssumeRole to be in flight", || async {
+        sts.requests()
+            .iter()
+            .any(|r| r.action == "AssumeRole")
+            .then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = lease_holder(&leases).await.expect("held");
+    let first_log = first.log.clone();
+    // Off the test's runtime thread: the STS double answering the leader runs on it.
+    let status = tokio::task::spawn_blocking(move || first.signal("TERM"))
+        .await
+        .expect("signal");
+    assert!(status.success(), "graceful exit: {status:?}");
+    // The leader finished its reconcile (the Secret is written) before it let go of the Lease.
+    let written = secrets
+        .get_opt("slow")
+        .await
+        .expect("get")
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader exited without finishing its reconcile:\n{}",
+                std::fs::read_to_string(&first_log).unwrap_or_default()
+            )
+        });
+    assert_ne!(lease_holder(&leases).await, Some(holder), "lease released");
+    wait_for("the follower to take over", || async {
+        (second.metric("kaic_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    roles
+        .create(&PostParams::default(), &role("next", "next", 3600))
+        .await
+        .expect("create");
+    wait_for("the new leader works", || async {
+        secrets.get_opt("next").await.ok().flatten()
+    })
+    .await;
+    // One writer at a time: the follower found the Secret in place and issued nothing for it.
+    assert_eq!(sts.assume_role_calls(&arn), 1, "issued once");
+    let now = secrets.get("slow").await.expect("get");
+    assert_eq!(now.data, written.data, "the follower did not rewrite it");
+    second.kill();
+}
+
+#[tokio::test]
+async fn healthz_answers_and_full_arns_are_served_while_discovery_retries() {
+    let Scene {
+        env,
+        roles,
+        secrets,
+        ns,
+        ..
+    } = scene("discovery").await;
+    let sts = StsDouble::start().await;
+    // No IMDS (the harness disables it) and no GetCallerIdentity: discovery keeps retrying.
+    sts.caller_identity_unavailable(true);
+    let bin = support::start_binary_with(
+        env,
+        &ns,
+        &sts.endpoint,
+        &[],
+        support::Launch {
+            discover_base_role_arn: true,
+            ..support::Launch::default()
+        },
+    )
+    .await;
+    // start_binary_with returned: /healthz answered 200 although discovery has not finished.
+    assert!(bin.admin("/healthz").await.starts_with("200"));
+    let full = format!("{ARN_PREFIX}by-arn");
+    roles
+        .create(&PostParams::default(), &role("by-arn", &full, 3600))
+        .await
+        .expect("create");
+    roles
+        .create(&PostParams::default(), &role("by-name", "by-name", 3600))
+        .await
+        .expect("create");
+    let s = wait_for("the role given as a full ARN", || async {
+        secrets.get_opt("by-arn").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(data(&s, "role-arn"), full);
+    assert!(
+        secrets.get_opt("by-name").await.expect("get").is_none(),
+        "a bare name cannot be resolved before the base is known"
+    );
+    assert!(
+        !bin.logs().contains("base role ARN discovered"),
+        "discovery must still be failing here"
+    );
+    sts.caller_identity_unavailable(false);
+    let s = wait_for("the bare role name once discovery succeeded", || async {
+        secrets.get_opt("by-name").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(data(&s, "role-arn"), format!("{ARN_PREFIX}by-name"));
+    bin.kill();
+}
+
+#[tokio::test]
+#[should_panic(expected = "the controller panicked")]
+async fn stopping_a_controller_that_panicked_fails_the_test() {
+    let task = tokio::spawn(async { panic!("the controller panicked") });
+    support::join_controller(task, Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "did not stop within")]
+async fn stopping_a_controller_that_does_not_stop_fails_the_test() {
+    let task = tokio::spawn(std::future::pending::<()>());
+    support::join_controller(task, Duration::from_millis(100)).await;
+}
+
+#[test]
+#[should_panic(expected = "no series kaic_renamed")]
+fn an_absent_metric_fails_instead_of_reading_zero() {
+    metric("kaic_leader 1\n", "kaic_renamed");
 }

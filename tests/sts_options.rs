@@ -422,7 +422,6 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
             transitive: true,
         }),
         source_identity: Some("{namespace}@{name}".parse().expect("template")),
-        chained: Default::default(),
     };
     let ctl = run_controller(&client, &ns, sts_issuer(&env.moto_endpoint), settings).await;
     let mut scoped = role("scoped", "reports-reader", 3600);

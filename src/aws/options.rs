@@ -2,8 +2,6 @@
 //! AWSIAMRole's session policies, and the role-chaining cap. Pure rules, no I/O.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::arn;
 use super::{RequestOptions, SessionTag};
@@ -307,25 +305,9 @@ pub struct StsOptions {
     pub tags: Option<TagSettings>,
     /// `--source-identity`.
     pub source_identity: Option<SourceIdentityTemplate>,
-    /// True when the controller's own credentials are a role session (`--assume-role`, or STS
-    /// answered that a request was role chaining): AWSIAMRoles then get at most one hour.
-    pub chained: Arc<AtomicBool>,
 }
 
 impl StsOptions {
-    pub fn is_chained(&self) -> bool {
-        self.chained.load(Ordering::Relaxed)
-    }
-
-    /// Remembers that the controller's credentials are a role session.
-    pub fn mark_chained(&self) {
-        self.chained.store(true, Ordering::Relaxed);
-    }
-
-    pub fn session_length(&self, requested: i64) -> SessionLength {
-        SessionLength::new(requested, self.is_chained())
-    }
-
     /// The optional request parts for one AWSIAMRole: the operator's options plus its
     /// session policies, validated.
     pub fn request(
@@ -543,7 +525,6 @@ mod tests {
                 transitive: true,
             }),
             source_identity: Some(tmpl("{namespace}.{name}")),
-            chained: Arc::default(),
         };
         let policy = r#"{"Version":"2012-10-17"}"#;
         let arns = vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".to_string()];
@@ -576,10 +557,6 @@ mod tests {
         let s = SessionLength::new(7200, false);
         assert_eq!((s.seconds, s.is_capped()), (7200, false));
         assert_eq!(SessionLength::new(60, false).seconds, 900);
-        let opts = StsOptions::default();
-        assert!(!opts.session_length(7200).is_capped());
-        opts.mark_chained();
-        assert_eq!(opts.session_length(7200).seconds, 3600);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use serde_json::json;
 use tracing::warn;
 
 use super::backoff::Backoff;
+use super::leader::Leadership;
+use super::learned::Learned;
 use super::status::{self, Outcome};
 use crate::aws::options::StsOptions;
 use crate::aws::{BaseRoleArn, CredentialIssuer};
@@ -25,8 +27,6 @@ pub const MANAGER: &str = "kube-aws-iam-controller";
 pub struct Settings {
     /// Renew this long before expiry (at most half the session).
     pub refresh_limit: Duration,
-    /// Prefix for bare role names.
-    pub base_role_arn: Option<BaseRoleArn>,
     /// First retry delay after a transient failure.
     pub backoff_base: Duration,
     /// Longest retry delay; also the requeue for permanent failures.
@@ -39,7 +39,6 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             refresh_limit: Duration::from_secs(15 * 60),
-            base_role_arn: None,
             backoff_base: Duration::from_secs(5),
             max_backoff: Duration::from_secs(300),
             sts_options: StsOptions::default(),
@@ -54,15 +53,25 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
-    /// True while this replica may call STS and write Secrets.
-    pub leader: tokio::sync::watch::Receiver<bool>,
+    /// This replica's claim to act: see [`Context::is_leader`].
+    pub leader: Leadership,
     /// Who may get which role.
     pub policy: super::policy::PolicyContext,
+    /// Learned while running: the discovered base role ARN, role chaining.
+    pub learned: Arc<Learned>,
 }
 
 impl Context {
+    /// True while this replica holds an unexpired leadership claim (by the local monotonic
+    /// clock). Check it right before each STS call and each write.
     pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.is_leader()
+    }
+
+    /// The prefix for bare role names: `--base-role-arn`, or what discovery found (`None`
+    /// while discovery still runs, or when it found none).
+    pub fn base_role_arn(&self) -> Option<BaseRoleArn> {
+        self.learned.base_role_arn()
     }
 }
 

@@ -1,16 +1,31 @@
-//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager). Only the leader calls
-//! STS and writes Secrets; followers keep their watch caches warm and take over when the Lease
-//! is released or expires.
+//! Leader election on a `coordination.k8s.io/v1` Lease. Every write of the Lease carries the
+//! resourceVersion it was decided on (so of two replicas racing for it exactly one wins), and
+//! leadership is a claim that ends at a deadline of the local monotonic clock: a leader that
+//! could not renew in time stops acting before any follower may take over, and then competes
+//! again like any other replica. Only the leader calls STS and writes; followers keep their
+//! caches warm.
+//!
+//! NOTE: this replaces kube-lease-manager, whose `changed()` returns an error while it keeps
+//! its own idea of being the holder: the caller cannot tell whether it leads, and after one
+//! failed renewal the library renewed as holder while the controller acted as follower (nobody
+//! acted). Its holder also judges expiry by the Lease's timestamps (the wall clock) and exposes
+//! no time of the last renewal, so a renew deadline cannot be built on it. linkerd's kubert
+//! lease is the model for the resourceVersion preconditions.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use chrono::{SecondsFormat, Utc};
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
 
 /// How to take part in the election.
 #[derive(Clone, Debug)]
@@ -18,106 +33,634 @@ pub struct LeaseSettings {
     pub name: String,
     pub namespace: String,
     pub identity: String,
-    /// How long a Lease stays valid without renewal (a follower waits at most this long).
+    /// How long a Lease stays valid without renewal: a follower waits this long after it last
+    /// saw the Lease change before it takes over.
     pub duration: Duration,
     /// The holder renews this long before the Lease would expire.
     pub grace: Duration,
 }
 
 impl LeaseSettings {
-    /// Rejects settings the Lease manager cannot work with (it would panic on them).
+    /// Rejects settings the election cannot work with.
     pub fn validate(&self) -> Result<(), String> {
-        let (d, g) = (self.duration.as_secs(), self.grace.as_secs());
-        if d == 0 || g == 0 || g >= d {
+        let (d, g) = (self.duration, self.grace);
+        if d.subsec_nanos() != 0 || d.is_zero() || g.is_zero() || g >= d {
             return Err(format!(
-                "lease duration ({d}s) and grace ({g}s) must be whole seconds with 0 < grace < duration"
+                "lease duration ({}) and grace ({}) must satisfy 0 < grace < duration, the duration in whole seconds",
+                humantime::format_duration(d),
+                humantime::format_duration(g)
             ));
+        }
+        if d.as_secs() > i32::MAX as u64 {
+            return Err("lease duration is too long".into());
         }
         if self.identity.is_empty() {
             return Err("lease identity must not be empty".into());
         }
         Ok(())
     }
+
+    /// When the holder starts renewing, after its last successful renewal was sent.
+    pub fn renew_after(&self) -> Duration {
+        self.duration - self.grace
+    }
+
+    /// The holder's renew deadline: without a successful renewal sent within this time it stops
+    /// acting. Half the grace before the Lease could expire, so that a write started just before
+    /// the deadline has landed before a follower may take over.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration - self.grace / 2
+    }
+
+    /// How often a follower reads the Lease, and a failed step is retried (with jitter).
+    pub fn retry_period(&self) -> Duration {
+        (self.grace / 2).clamp(Duration::from_millis(250), Duration::from_secs(2))
+    }
+
+    /// The longest any one Lease call may take.
+    pub fn call_timeout(&self) -> Duration {
+        (self.grace / 2).clamp(Duration::from_millis(500), Duration::from_secs(10))
+    }
+
+    /// The election loop counts as wedged (and `/healthz` fails) when it has not completed a
+    /// step for this long.
+    pub fn wedged_after(&self) -> Duration {
+        self.duration * 2
+    }
 }
 
-/// A leadership channel that is always `true`: for a single replica without election.
-pub fn always_leader() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(true)
+/// Until when this replica may act as leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Election is off (`--leader-elect=false`): the only replica always leads.
+    Always,
+    /// Held until this instant of the local monotonic clock (the renew deadline).
+    Until(Instant),
 }
 
-pub async fn manager(
-    client: Client,
-    s: &LeaseSettings,
-) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
-    LeaseManagerBuilder::new(client, &s.name)
-        .with_namespace(&s.namespace)
-        .with_identity(&s.identity)
-        .with_duration(s.duration.as_secs())
-        .with_grace(s.grace.as_secs())
-        .with_field_manager(format!("kube-aws-iam-controller-{}", s.identity))
-        .build()
-        .await
+impl Claim {
+    pub fn is_current(&self, now: Instant) -> bool {
+        match self {
+            Claim::Always => true,
+            Claim::Until(until) => now < *until,
+        }
+    }
 }
 
-/// Runs the election until `stop` resolves, publishing leadership on `tx`; then releases the
-/// Lease (if held) so a follower takes over at once.
-///
-/// NOTE: a kube-lease-manager follower sleeps until the holder's Lease would expire, so it would
-/// not notice a released Lease before then. Followers therefore also watch the Lease and start
-/// over (re-read it, take it if free) whenever it changes.
-pub async fn run(
-    client: Client,
-    settings: LeaseSettings,
-    manager: LeaseManager,
-    tx: watch::Sender<bool>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
-    let lease_changes = watcher(
-        api,
-        watcher::Config::default().fields(&format!("metadata.name={}", settings.name)),
+/// Whether this replica may act, as the reconcilers see it. Cheap to clone.
+#[derive(Clone)]
+pub struct Leadership {
+    claim: watch::Receiver<Option<Claim>>,
+    health: Arc<Health>,
+}
+
+struct Health {
+    /// When the election loop last completed a step (successful or not).
+    heartbeat: Mutex<Instant>,
+    /// `None` without election.
+    wedged_after: Option<Duration>,
+}
+
+impl Leadership {
+    /// Leadership without election: always the leader.
+    pub fn always() -> Self {
+        let (tx, claim) = watch::channel(Some(Claim::Always));
+        // The receiver keeps the last value after the sender is gone.
+        drop(tx);
+        Leadership {
+            claim,
+            health: Arc::new(Health {
+                heartbeat: Mutex::new(Instant::now()),
+                wedged_after: None,
+            }),
+        }
+    }
+
+    /// True while this replica holds an unexpired claim: THE gate right before each STS call
+    /// and each write.
+    pub fn is_leader(&self) -> bool {
+        self.claim
+            .borrow()
+            .is_some_and(|c| c.is_current(Instant::now()))
+    }
+
+    /// The claim as the election publishes it (every acquisition, renewal and loss).
+    pub fn changes(&self) -> watch::Receiver<Option<Claim>> {
+        self.claim.clone()
+    }
+
+    /// `Some(time since the last step)` when the election loop has neither led nor competed
+    /// for longer than twice the lease duration.
+    pub fn wedged(&self) -> Option<Duration> {
+        let limit = self.health.wedged_after?;
+        let since = self.health.heartbeat.lock().map(|h| h.elapsed()).ok()?;
+        (since > limit).then_some(since)
+    }
+}
+
+/// The election's side of a [`Leadership`]: publishes the claim and the loop's heartbeat.
+pub struct Elector {
+    claim: watch::Sender<Option<Claim>>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+/// A leadership handle for the reconcilers and the elector that drives it.
+pub fn elected(settings: &LeaseSettings, metrics: Arc<Metrics>) -> (Leadership, Elector) {
+    let (tx, rx) = watch::channel(None);
+    let health = Arc::new(Health {
+        heartbeat: Mutex::new(Instant::now()),
+        wedged_after: Some(settings.wedged_after()),
+    });
+    metrics.election_succeeded();
+    (
+        Leadership {
+            claim: rx,
+            health: health.clone(),
+        },
+        Elector {
+            claim: tx,
+            health,
+            metrics,
+        },
     )
-    .default_backoff()
-    .applied_objects();
-    tokio::pin!(lease_changes);
-    let mut manager = manager;
-    loop {
-        let follower = !*tx.borrow();
+}
+
+impl Elector {
+    fn beat(&self) {
+        if let Ok(mut h) = self.health.heartbeat.lock() {
+            *h = Instant::now();
+        }
+    }
+
+    fn succeeded(&self) {
+        self.metrics.election_succeeded();
+    }
+
+    fn publish(&self, claim: Option<Claim>) {
+        self.claim.send_replace(claim);
+    }
+}
+
+/// What a replica saw of the Lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub version: String,
+    /// `None` when free (released, or never held).
+    pub holder: Option<String>,
+    /// The holder's `leaseDurationSeconds`.
+    pub duration: Option<Duration>,
+    pub transitions: i32,
+}
+
+/// The Lease content this replica writes to hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    pub holder: String,
+    pub duration_seconds: i32,
+    pub transitions: i32,
+    /// Taken over (sets `acquireTime`), rather than renewed.
+    pub acquired: bool,
+}
+
+/// Why a Lease call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The resourceVersion precondition failed, or the Lease was created meanwhile.
+    #[error("conflict: the lease changed meanwhile")]
+    Conflict,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The Lease calls the election makes. [`KubeLease`] is the real one; the tests use a fake.
+pub trait LeaseStore: Send + Sync {
+    fn get(&self) -> impl Future<Output = Result<Option<Observed>, StoreError>> + Send;
+    /// Creates the Lease held by us; returns the new resourceVersion.
+    fn create(&self, holding: &Holding) -> impl Future<Output = Result<String, StoreError>> + Send;
+    /// Writes `holding` (or frees the Lease, `None`) if the Lease is still at `version`.
+    fn update(
+        &self,
+        version: &str,
+        holding: Option<&Holding>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+}
+
+/// The Lease in the cluster.
+pub struct KubeLease {
+    api: Api<Lease>,
+    name: String,
+    field_manager: String,
+}
+
+impl KubeLease {
+    pub fn new(client: Client, settings: &LeaseSettings) -> Self {
+        KubeLease {
+            api: Api::namespaced(client, &settings.namespace),
+            name: settings.name.clone(),
+            field_manager: "kube-aws-iam-controller".into(),
+        }
+    }
+
+    fn spec(holding: &Holding) -> serde_json::Value {
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut spec = json!({
+            "holderIdentity": holding.holder,
+            "leaseDurationSeconds": holding.duration_seconds,
+            "renewTime": now,
+            "leaseTransitions": holding.transitions,
+        });
+        if holding.acquired {
+            spec["acquireTime"] = json!(now);
+        }
+        spec
+    }
+}
+
+fn store_error(e: kube::Error) -> StoreError {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => StoreError::Conflict,
+        other => StoreError::Failed(other.to_string()),
+    }
+}
+
+fn version_of(lease: &Lease) -> Result<String, StoreError> {
+    lease
+        .resource_version()
+        .ok_or_else(|| StoreError::Failed("the lease has no resourceVersion".into()))
+}
+
+impl LeaseStore for KubeLease {
+    async fn get(&self) -> Result<Option<Observed>, StoreError> {
+        let Some(lease) = self.api.get_opt(&self.name).await.map_err(store_error)? else {
+            return Ok(None);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        Ok(Some(Observed {
+            version: version_of(&lease)?,
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            duration: spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs),
+            transitions: spec.lease_transitions.unwrap_or(0),
+        }))
+    }
+
+    async fn create(&self, holding: &Holding) -> Result<String, StoreError> {
+        let lease: Lease = serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name},
+            "spec": Self::spec(holding),
+        }))
+        .map_err(|e| StoreError::Failed(e.to_string()))?;
+        let pp = PostParams {
+            field_manager: Some(self.field_manager.clone()),
+            ..PostParams::default()
+        };
+        let created = self.api.create(&pp, &lease).await.map_err(store_error)?;
+        version_of(&created)
+    }
+
+    async fn update(&self, version: &str, holding: Option<&Holding>) -> Result<String, StoreError> {
+        // A merge patch that names the resourceVersion is applied only at that version.
+        let spec = match holding {
+            Some(h) => Self::spec(h),
+            None => json!({
+                "holderIdentity": null,
+                "leaseDurationSeconds": null,
+                "acquireTime": null,
+                "renewTime": null,
+            }),
+        };
+        let patch = json!({"metadata": {"resourceVersion": version}, "spec": spec});
+        let pp = PatchParams {
+            field_manager: Some(self.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        let patched = self
+            .api
+            .patch(&self.name, &pp, &Patch::Merge(&patch))
+            .await
+            .map_err(store_error)?;
+        version_of(&patched)
+    }
+}
+
+/// What a candidate knows of the Lease: the last version seen and since when (local clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub observed: Observed,
+    /// When this replica first saw `observed.version`.
+    pub since: Instant,
+}
+
+/// Folds a new read into the view: the clock of a holder restarts only when the Lease changed.
+pub fn observe(previous: Option<View>, observed: Observed, now: Instant) -> View {
+    match previous {
+        Some(v) if v.observed.version == observed.version => View { observed, ..v },
+        _ => View {
+            observed,
+            since: now,
+        },
+    }
+}
+
+/// A candidate's next move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CandidateStep {
+    /// The Lease is free, ours (a past life of this identity, or a renewal of ours that failed),
+    /// or unchanged for longer than its holder's duration: write it at the version seen.
+    Acquire,
+    /// Someone else holds it: read again, at the latest at this instant.
+    WaitUntil(Instant),
+}
+
+/// Decides what a candidate does with the Lease as seen. Expiry is judged by this replica's
+/// own clock from when it first saw the current version, never by the holder's timestamps.
+pub fn decide(view: &View, me: &str, default_duration: Duration, now: Instant) -> CandidateStep {
+    match view.observed.holder.as_deref() {
+        None => CandidateStep::Acquire,
+        Some(h) if h == me => CandidateStep::Acquire,
+        Some(_) => {
+            let expires = view.since + view.observed.duration.unwrap_or(default_duration);
+            if now >= expires {
+                CandidateStep::Acquire
+            } else {
+                CandidateStep::WaitUntil(expires)
+            }
+        }
+    }
+}
+
+/// How the election ends once the controller has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resign {
+    /// In-flight work drained: free the Lease so a follower takes over at once.
+    Release,
+    /// In-flight work may still be running: let the Lease expire instead.
+    LetExpire,
+}
+
+enum State {
+    Candidate(Option<View>),
+    Leader {
+        version: String,
+        /// When the last successful renewal (or the acquisition) was sent.
+        renewed: Instant,
+        /// When to send the next renewal.
+        renew_at: Instant,
+        transitions: i32,
+    },
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.75 + rand::random::<f64>() * 0.5)
+}
+
+async fn call<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Failed(format!(
+            "no answer within {}",
+            humantime::format_duration(limit)
+        ))),
+    }
+}
+
+/// Runs the election until `resign` resolves; then stops acting and, for
+/// [`Resign::Release`], frees the Lease if this replica still holds it.
+pub async fn run<S: LeaseStore>(
+    store: S,
+    settings: LeaseSettings,
+    elector: Elector,
+    resign: impl Future<Output = Resign>,
+) {
+    let mut state = State::Candidate(None);
+    let how = {
+        let work = campaign(&store, &settings, &elector, &mut state);
+        tokio::pin!(work);
+        tokio::pin!(resign);
         tokio::select! {
-            _ = &mut stop => break,
-            Some(Ok(lease)) = lease_changes.next(), if follower => {
-                let free = lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.holder_identity.as_deref())
-                    .is_none_or(str::is_empty);
-                if free {
-                    // A fresh manager reads the Lease anew instead of sleeping out its old expiry.
-                    match self::manager(client.clone(), &settings).await {
-                        Ok(fresh) => manager = fresh,
-                        Err(e) => warn!(error = %e, "could not re-read the released lease"),
+            how = &mut resign => how,
+            () = &mut work => Resign::LetExpire,
+        }
+    };
+    elector.publish(None);
+    if how == Resign::LetExpire {
+        info!("leadership given up; the lease is left to expire");
+        return;
+    }
+    release(&store, &settings).await;
+}
+
+async fn release<S: LeaseStore>(store: &S, settings: &LeaseSettings) {
+    for _ in 0..2 {
+        let observed = match call(settings.call_timeout(), store.get()).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "could not read the lease to release it");
+                return;
+            }
+        };
+        if observed.holder.as_deref() != Some(settings.identity.as_str()) {
+            return;
+        }
+        match call(
+            settings.call_timeout(),
+            store.update(&observed.version, None),
+        )
+        .await
+        {
+            Ok(_) => {
+                info!("lease released");
+                return;
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(e) => {
+                warn!(error = %e, "could not release the lease; it expires on its own");
+                return;
+            }
+        }
+    }
+}
+
+/// The election loop proper: never returns.
+async fn campaign<S: LeaseStore>(
+    store: &S,
+    settings: &LeaseSettings,
+    elector: &Elector,
+    state: &mut State,
+) {
+    let me = settings.identity.as_str();
+    let duration_seconds = i32::try_from(settings.duration.as_secs()).unwrap_or(i32::MAX);
+    loop {
+        elector.beat();
+        match state {
+            State::Candidate(view) => {
+                let now = Instant::now();
+                let observed = match call(settings.call_timeout(), store.get()).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        warn!(error = %e, "leader election: cannot read the lease; retrying");
+                        sleep(jittered(settings.retry_period())).await;
+                        continue;
+                    }
+                };
+                elector.succeeded();
+                let sent = Instant::now();
+                let (result, transitions) = match observed {
+                    None => {
+                        let holding = Holding {
+                            holder: me.into(),
+                            duration_seconds,
+                            transitions: 0,
+                            acquired: true,
+                        };
+                        (
+                            call(settings.call_timeout(), store.create(&holding)).await,
+                            0,
+                        )
+                    }
+                    Some(observed) => {
+                        let v = observe(view.take(), observed, now);
+                        match decide(&v, me, settings.duration, Instant::now()) {
+                            CandidateStep::WaitUntil(until) => {
+                                debug!(holder = ?v.observed.holder, "leader election: following");
+                                *view = Some(v);
+                                let poll = Instant::now() + jittered(settings.retry_period());
+                                sleep_until(until.min(poll)).await;
+                                continue;
+                            }
+                            CandidateStep::Acquire => {
+                                let taken_over = v.observed.holder.as_deref() != Some(me);
+                                let transitions = v.observed.transitions + i32::from(taken_over);
+                                let holding = Holding {
+                                    holder: me.into(),
+                                    duration_seconds,
+                                    transitions,
+                                    acquired: taken_over,
+                                };
+                                let version = v.observed.version.clone();
+                                *view = Some(v);
+                                (
+                                    call(
+                                        settings.call_timeout(),
+                                        store.update(&version, Some(&holding)),
+                                    )
+                                    .await,
+                                    transitions,
+                                )
+                            }
+                        }
+                    }
+                };
+                match result {
+                    Ok(version) => {
+                        elector.succeeded();
+                        info!(
+                            identity = me,
+                            "leader election: acquired the lease; leading"
+                        );
+                        elector.publish(Some(Claim::Until(sent + settings.renew_deadline())));
+                        *state = State::Leader {
+                            version,
+                            renewed: sent,
+                            renew_at: sent + settings.renew_after(),
+                            transitions,
+                        };
+                    }
+                    // Someone else wrote first: read again at once.
+                    Err(StoreError::Conflict) => {
+                        elector.succeeded();
+                        debug!("leader election: lost the race for the lease");
+                        sleep(jittered(settings.retry_period() / 4)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "leader election: cannot take the lease; retrying");
+                        sleep(jittered(settings.retry_period())).await;
                     }
                 }
             }
-            changed = manager.changed() => match changed {
-                Ok(leader) => {
-                    info!(leader, "leadership changed");
-                    let _ = tx.send(leader);
+            State::Leader {
+                version,
+                renewed,
+                renew_at,
+                transitions,
+            } => {
+                let deadline = *renewed + settings.renew_deadline();
+                sleep_until((*renew_at).min(deadline)).await;
+                elector.beat();
+                let now = Instant::now();
+                if now >= deadline {
+                    lose(elector, state, "no renewal within the renew deadline");
+                    continue;
                 }
-                Err(e) => {
-                    warn!(error = %e, "leader election failed; acting as follower until it recovers");
-                    let _ = tx.send(false);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                let holding = Holding {
+                    holder: me.into(),
+                    duration_seconds,
+                    transitions: *transitions,
+                    acquired: false,
+                };
+                let limit = settings.call_timeout().min(deadline - now);
+                let retry = Instant::now() + jittered(settings.retry_period());
+                match call(limit, store.update(version, Some(&holding))).await {
+                    Ok(v) => {
+                        elector.succeeded();
+                        *version = v;
+                        *renewed = now;
+                        *renew_at = now + settings.renew_after();
+                        elector.publish(Some(Claim::Until(now + settings.renew_deadline())));
+                    }
+                    Err(StoreError::Conflict) => {
+                        elector.succeeded();
+                        // Changed by someone, or by a renewal of ours whose answer was lost.
+                        let limit = settings
+                            .call_timeout()
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        match call(limit, store.get()).await {
+                            Ok(Some(o)) if o.holder.as_deref() == Some(me) => {
+                                elector.succeeded();
+                                // Still ours: renew at once at the version just read.
+                                *version = o.version;
+                                *transitions = o.transitions;
+                            }
+                            Ok(other) => {
+                                elector.succeeded();
+                                let since = Instant::now();
+                                lose(elector, state, "another replica took the lease");
+                                *state = State::Candidate(
+                                    other.map(|observed| View { observed, since }),
+                                );
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "leader election: cannot read the lease after a conflict; retrying");
+                                *renew_at = retry;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "leader election: cannot renew the lease; retrying");
+                        *renew_at = retry;
+                    }
                 }
-            },
+            }
         }
     }
-    let _ = tx.send(false);
-    match manager.release().await {
-        Ok(()) => info!("lease released"),
-        Err(e) => warn!(error = %e, "could not release the lease"),
-    }
+}
+
+fn lose(elector: &Elector, state: &mut State, why: &'static str) {
+    warn!(
+        reason = why,
+        "leader election: stopped leading; competing for the lease again"
+    );
+    elector.publish(None);
+    *state = State::Candidate(None);
 }
 
 #[cfg(test)]
@@ -139,5 +682,363 @@ mod tests {
         assert!(settings(15, 5).validate().is_ok());
         assert!(settings(5, 5).validate().is_err());
         assert!(settings(0, 0).validate().is_err());
+        let mut s = settings(15, 5);
+        s.duration = Duration::from_millis(15_500);
+        assert!(s.validate().is_err(), "a lease lasts whole seconds");
+    }
+
+    #[test]
+    fn the_renew_deadline_falls_between_the_renewal_and_the_expiry() {
+        let s = settings(15, 5);
+        assert_eq!(s.renew_after(), Duration::from_secs(10));
+        assert_eq!(s.renew_deadline(), Duration::from_millis(12_500));
+        assert!(s.renew_after() < s.renew_deadline() && s.renew_deadline() < s.duration);
+        assert!(s.call_timeout() <= s.renew_deadline() - s.renew_after());
+    }
+
+    fn observed(version: &str, holder: Option<&str>) -> Observed {
+        Observed {
+            version: version.into(),
+            holder: holder.map(String::from),
+            duration: Some(Duration::from_secs(15)),
+            transitions: 3,
+        }
+    }
+
+    #[test]
+    fn a_holder_is_timed_from_when_its_lease_last_changed_here() {
+        let t0 = Instant::now();
+        let v = observe(None, observed("1", Some("other")), t0);
+        let later = t0 + Duration::from_secs(10);
+        let same = observe(Some(v.clone()), observed("1", Some("other")), later);
+        assert_eq!(same.since, t0, "an unchanged lease keeps its clock");
+        let renewed = observe(Some(same), observed("2", Some("other")), later);
+        assert_eq!(renewed.since, later, "a renewal restarts it");
+    }
+
+    #[test]
+    fn a_candidate_takes_a_free_own_or_expired_lease_and_waits_otherwise() {
+        let t0 = Instant::now();
+        let d = Duration::from_secs(15);
+        let held = View {
+            observed: observed("1", Some("other")),
+            since: t0,
+        };
+        assert_eq!(
+            decide(&held, "me", d, t0 + Duration::from_secs(14)),
+            CandidateStep::WaitUntil(t0 + d)
+        );
+        assert_eq!(decide(&held, "me", d, t0 + d), CandidateStep::Acquire);
+        let free = View {
+            observed: observed("1", None),
+            since: t0,
+        };
+        assert_eq!(decide(&free, "me", d, t0), CandidateStep::Acquire);
+        let mine = View {
+            observed: observed("1", Some("me")),
+            since: t0,
+        };
+        assert_eq!(decide(&mine, "me", d, t0), CandidateStep::Acquire);
+        // The holder's own duration counts, not ours.
+        let long = View {
+            observed: Observed {
+                duration: Some(Duration::from_secs(60)),
+                ..observed("1", Some("other"))
+            },
+            since: t0,
+        };
+        assert_eq!(
+            decide(&long, "me", d, t0 + d),
+            CandidateStep::WaitUntil(t0 + Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn a_claim_ends_at_its_deadline() {
+        let t0 = Instant::now();
+        let c = Claim::Until(t0 + Duration::from_secs(1));
+        assert!(c.is_current(t0));
+        assert!(!c.is_current(t0 + Duration::from_secs(1)));
+        assert!(Claim::Always.is_current(t0 + Duration::from_secs(1_000_000)));
+        assert!(Leadership::always().is_leader());
+        assert!(Leadership::always().wedged().is_none());
+    }
+
+    /// An in-memory Lease with the API server's resourceVersion semantics, and faults.
+    #[derive(Clone, Default)]
+    struct FakeLease(Arc<Mutex<FakeState>>);
+
+    #[derive(Default)]
+    struct FakeState {
+        lease: Option<(u64, Option<Holding>)>,
+        version: u64,
+        /// Every call fails (RBAC removed, API server down).
+        failing: bool,
+        /// Writes are applied but their answer is lost.
+        lose_answers: bool,
+        writes: Vec<(Instant, String)>,
+    }
+
+    impl FakeLease {
+        fn set_failing(&self, on: bool) {
+            self.0.lock().expect("lock").failing = on;
+        }
+        fn set_lose_answers(&self, on: bool) {
+            self.0.lock().expect("lock").lose_answers = on;
+        }
+        fn holder(&self) -> Option<String> {
+            let s = self.0.lock().expect("lock");
+            s.lease.as_ref()?.1.as_ref().map(|h| h.holder.clone())
+        }
+        fn write(
+            &self,
+            expected: Option<u64>,
+            holding: Option<&Holding>,
+        ) -> Result<String, StoreError> {
+            let mut s = self.0.lock().expect("lock");
+            if s.failing {
+                return Err(StoreError::Failed("forbidden".into()));
+            }
+            if s.lease.as_ref().map(|l| l.0) != expected {
+                return Err(StoreError::Conflict);
+            }
+            s.version += 1;
+            let v = s.version;
+            s.lease = Some((v, holding.cloned()));
+            let who = holding.map(|h| h.holder.clone()).unwrap_or_default();
+            s.writes.push((Instant::now(), who));
+            if s.lose_answers {
+                return Err(StoreError::Failed("timed out".into()));
+            }
+            Ok(v.to_string())
+        }
+    }
+
+    impl LeaseStore for FakeLease {
+        async fn get(&self) -> Result<Option<Observed>, StoreError> {
+            sleep(Duration::from_millis(5)).await;
+            let s = self.0.lock().expect("lock");
+            if s.failing {
+                return Err(StoreError::Failed("forbidden".into()));
+            }
+            Ok(s.lease.as_ref().map(|(v, h)| Observed {
+                version: v.to_string(),
+                holder: h.as_ref().map(|h| h.holder.clone()),
+                duration: h
+                    .as_ref()
+                    .map(|h| Duration::from_secs(h.duration_seconds as u64)),
+                transitions: h.as_ref().map_or(0, |h| h.transitions),
+            }))
+        }
+        async fn create(&self, holding: &Holding) -> Result<String, StoreError> {
+            sleep(Duration::from_millis(5)).await;
+            self.write(None, Some(holding))
+        }
+        async fn update(
+            &self,
+            version: &str,
+            holding: Option<&Holding>,
+        ) -> Result<String, StoreError> {
+            sleep(Duration::from_millis(5)).await;
+            let expected = version.parse().ok();
+            if expected.is_none() {
+                return Err(StoreError::Conflict);
+            }
+            self.write(expected, holding)
+        }
+    }
+
+    struct Replica {
+        leadership: Leadership,
+        stop: Option<tokio::sync::oneshot::Sender<Resign>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn replica(store: &FakeLease, name: &str) -> Replica {
+        let mut s = settings(6, 2);
+        s.identity = name.into();
+        let (leadership, elector) = elected(&s, Arc::new(Metrics::new()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(store.clone(), s, elector, async move {
+            rx.await.unwrap_or(Resign::LetExpire)
+        }));
+        Replica {
+            leadership,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Samples both replicas every 50 ms for `span`: panics if both lead at once; returns how
+    /// long after `from` exactly one led without a break until the end (None if never).
+    async fn watch_pair(a: &Replica, b: &Replica, span: Duration) -> Vec<(Instant, bool, bool)> {
+        let end = Instant::now() + span;
+        let mut samples = Vec::new();
+        while Instant::now() < end {
+            let (la, lb) = (a.leadership.is_leader(), b.leadership.is_leader());
+            assert!(!(la && lb), "two leaders at once");
+            samples.push((Instant::now(), la, lb));
+            sleep(Duration::from_millis(50)).await;
+        }
+        samples
+    }
+
+    /// When exactly one replica led continuously from then until the end of the samples.
+    fn stable_leader_since(samples: &[(Instant, bool, bool)]) -> Option<Instant> {
+        let last = samples.last()?;
+        let who = if last.1 {
+            0
+        } else if last.2 {
+            1
+        } else {
+            return None;
+        };
+        let mut since = last.0;
+        for s in samples.iter().rev() {
+            let leads = if who == 0 { s.1 } else { s.2 };
+            if !leads {
+                break;
+            }
+            since = s.0;
+        }
+        Some(since)
+    }
+
+    async fn failure_window_recovers(window: Duration) {
+        let store = FakeLease::default();
+        let a = replica(&store, "a");
+        sleep(Duration::from_millis(100)).await;
+        let b = replica(&store, "b");
+        watch_pair(&a, &b, Duration::from_secs(3)).await;
+        assert!(a.leadership.is_leader(), "the first replica leads");
+        store.set_failing(true);
+        let failed = watch_pair(&a, &b, window).await;
+        // A leader that cannot renew stops before the Lease could expire (6 s).
+        if window >= Duration::from_secs(6) {
+            assert!(
+                failed.iter().any(|s| !s.1 && !s.2),
+                "nobody may lead through a failure longer than the lease"
+            );
+        }
+        store.set_failing(false);
+        let restored = Instant::now();
+        let after = watch_pair(&a, &b, Duration::from_secs(20)).await;
+        let since = stable_leader_since(&after).expect("a leader after the failure");
+        // Within lease duration + grace of the end of the failure.
+        assert!(
+            since - restored <= Duration::from_secs(8),
+            "leader again {:?} after the failure ended",
+            since - restored
+        );
+        assert!(store.holder().is_some());
+        a.task.abort();
+        b.task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_recovers_after_a_failure_shorter_than_one_renewal() {
+        failure_window_recovers(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_recovers_after_a_failure_of_about_one_renewal() {
+        failure_window_recovers(Duration::from_millis(4_500)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_recovers_after_a_failure_longer_than_the_lease() {
+        failure_window_recovers(Duration::from_secs(15)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_recovers_after_failures_of_many_lengths() {
+        for ms in [300, 1_000, 3_900, 4_100, 5_000, 5_900, 6_100, 9_000] {
+            failure_window_recovers(Duration::from_millis(ms)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_stops_before_its_lease_can_expire() {
+        let store = FakeLease::default();
+        let a = replica(&store, "a");
+        sleep(Duration::from_secs(1)).await;
+        assert!(a.leadership.is_leader());
+        let last_write = store
+            .0
+            .lock()
+            .expect("lock")
+            .writes
+            .last()
+            .expect("write")
+            .0;
+        store.set_failing(true);
+        while a.leadership.is_leader() {
+            sleep(Duration::from_millis(10)).await;
+        }
+        let stopped = Instant::now() - last_write;
+        assert!(
+            stopped < Duration::from_secs(6),
+            "stopped {stopped:?} after its last renewal, at or after the lease's expiry"
+        );
+        a.task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_whose_answer_was_lost_is_recovered_from_the_conflict() {
+        let store = FakeLease::default();
+        let a = replica(&store, "a");
+        let b = replica(&store, "b");
+        watch_pair(&a, &b, Duration::from_secs(2)).await;
+        let first = if a.leadership.is_leader() { &a } else { &b };
+        store.set_lose_answers(true);
+        watch_pair(&a, &b, Duration::from_secs(5)).await;
+        store.set_lose_answers(false);
+        let after = watch_pair(&a, &b, Duration::from_secs(10)).await;
+        assert!(stable_leader_since(&after).is_some());
+        let _ = first;
+        a.task.abort();
+        b.task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_over_within_a_poll() {
+        let store = FakeLease::default();
+        let mut a = replica(&store, "a");
+        sleep(Duration::from_millis(100)).await;
+        let b = replica(&store, "b");
+        watch_pair(&a, &b, Duration::from_secs(2)).await;
+        assert!(a.leadership.is_leader());
+        let _ = a.stop.take().expect("stop").send(Resign::Release);
+        let _ = (&mut a.task).await;
+        assert!(!a.leadership.is_leader());
+        let released = Instant::now();
+        while !b.leadership.is_leader() {
+            sleep(Duration::from_millis(10)).await;
+        }
+        assert!(Instant::now() - released < Duration::from_secs(3));
+        b.task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resigning_leader_that_lets_the_lease_expire_stops_at_once_and_keeps_it() {
+        let store = FakeLease::default();
+        let mut a = replica(&store, "a");
+        sleep(Duration::from_secs(1)).await;
+        assert!(a.leadership.is_leader());
+        let _ = a.stop.take().expect("stop").send(Resign::LetExpire);
+        let _ = (&mut a.task).await;
+        assert!(!a.leadership.is_leader());
+        assert_eq!(store.holder().as_deref(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_election_is_reported_wedged() {
+        let s = settings(6, 2);
+        let (leadership, elector) = elected(&s, Arc::new(Metrics::new()));
+        assert!(leadership.wedged().is_none());
+        sleep(Duration::from_secs(13)).await;
+        assert!(leadership.wedged().is_some(), "no step for twice the lease");
+        elector.beat();
+        assert!(leadership.wedged().is_none());
     }
 }

@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod context;
 pub mod janitor;
 pub mod leader;
+pub mod learned;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
@@ -40,13 +41,26 @@ pub struct RunOptions {
     pub janitor_interval: Duration,
 }
 
-/// Runs until `shutdown` resolves; `ready` turns true once both watch caches are filled.
+/// Runs until `shutdown` resolves and in-flight reconciles have finished (at once if the watch
+/// caches never synced: then nothing is in flight); `ready` turns true once both watch caches
+/// are filled.
 pub async fn run(
     ctx: Arc<Context>,
     opts: RunOptions,
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
     let client = ctx.client.clone();
     let (roles_api, secrets_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<Secret>>) =
         match &opts.namespace {
@@ -106,6 +120,17 @@ pub async fn run(
             .predicate_filter(predicates::annotations, Default::default())
     });
 
+    let never_synced = {
+        let (mut stop, synced) = (stop.clone(), synced.clone());
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            if !*synced.borrow() {
+                info!("shutdown before the watch caches synced: nothing is in flight");
+                return;
+            }
+            std::future::pending::<()>().await
+        }
+    };
     let readiness = async move {
         let (mut r, mut s, mut n) = (roles_synced, secrets_synced, namespaces_synced);
         if r.wait_for(|v| *v).await.is_ok()
@@ -124,22 +149,32 @@ pub async fn run(
         synced,
         opts.janitor_interval,
     );
-    // Becoming leader reconciles everything once: no STS call for credentials still valid.
+    // Becoming leader reconciles everything once (no STS call for credentials still valid), and
+    // so does learning the base role ARN (bare role names become resolvable).
     let takeover =
-        futures::stream::unfold((ctx.leader.clone(), false), |(mut rx, led)| async move {
+        futures::stream::unfold((ctx.leader.changes(), false), |(mut rx, led)| async move {
             if led {
-                rx.wait_for(|leader| !*leader).await.ok()?;
+                rx.wait_for(|claim| claim.is_none()).await.ok()?;
             }
-            rx.wait_for(|leader| *leader).await.ok()?;
+            rx.wait_for(|claim| claim.is_some()).await.ok()?;
             info!("leader: reconciling all AWSIAMRoles");
             Some(((), (rx, true)))
         });
-    ctx.metrics.set_leader(ctx.is_leader());
+    let discovered = futures::stream::unfold(ctx.learned.base_changes(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        rx.borrow_and_update().as_ref()?;
+        info!("base role ARN known: reconciling all AWSIAMRoles");
+        Some(((), rx))
+    });
+    let reconcile_all = futures::stream::select(takeover, discovered);
+    ctx.metrics
+        .set_leader(ctx.leader.changes().borrow().is_some());
     let leader_metric = {
-        let (mut rx, metrics) = (ctx.leader.clone(), ctx.metrics.clone());
+        let (mut rx, metrics) = (ctx.leader.changes(), ctx.metrics.clone());
         async move {
             while rx.changed().await.is_ok() {
-                metrics.set_leader(*rx.borrow());
+                let leading = rx.borrow_and_update().is_some();
+                metrics.set_leader(leading);
             }
         }
     };
@@ -156,9 +191,9 @@ pub async fn run(
         });
     }
     let controller = controller
-        .reconcile_all_on(takeover)
+        .reconcile_all_on(reconcile_all)
         .with_config(Config::default().concurrency(opts.concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(graceful)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -171,10 +206,14 @@ pub async fn run(
     let janitor = tokio::spawn(janitor);
     let readiness = tokio::spawn(readiness);
     let leader_metric = tokio::spawn(leader_metric);
-    controller.await;
+    tokio::select! {
+        () = controller => {}
+        () = never_synced => {}
+    }
     janitor.abort();
     readiness.abort();
     leader_metric.abort();
+    stop_signal.abort();
 }
 
 fn mark_synced<K>(ev: &Result<watcher::Event<K>, watcher::Error>, tx: &watch::Sender<bool>) {

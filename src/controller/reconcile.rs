@@ -92,10 +92,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(ctx.settings.max_backoff));
     }
 
-    let arn = match arn::resolve(
-        &role.spec.role_reference,
-        ctx.settings.base_role_arn.as_ref(),
-    ) {
+    let arn = match arn::resolve(&role.spec.role_reference, ctx.base_role_arn().as_ref()) {
         Ok(arn) => arn,
         Err(e) => {
             warn!(namespace = ns, name, error = %e, "invalid role reference");
@@ -104,10 +101,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         }
     };
     let arn_text = arn.to_string();
-    let would_deny = match ctx
-        .policy
-        .judge(role, &arn, ctx.settings.base_role_arn.as_ref())
-    {
+    let would_deny = match ctx.policy.judge(role, &arn, ctx.base_role_arn().as_ref()) {
         Judgement::Pending(why) => {
             debug!(
                 namespace = ns,
@@ -160,7 +154,7 @@ async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
         }
     };
     // At most one hour under role chaining; the refresh window follows what is sent.
-    let length = sts_options.session_length(role.spec.role_session_duration);
+    let length = ctx.learned.session_length(role.spec.role_session_duration);
     let session = length.seconds;
     let stored = existing.as_ref().and_then(secret::read);
     let now = Utc::now();
@@ -243,13 +237,13 @@ async fn issue(
         && options::is_chaining_limit(&e.code, &e.message)
         && length.seconds > options::CHAINED_MAX_SECONDS
     {
-        ctx.settings.sts_options.mark_chained();
+        ctx.learned.mark_chained();
         info!(
             namespace = ns,
             name,
             "STS treats the controller's credentials as a role session: sessions are capped at one hour"
         );
-        length = ctx.settings.sts_options.session_length(length.requested);
+        length = ctx.learned.session_length(length.requested);
         result = assume(ctx, request(length)).await;
     }
 

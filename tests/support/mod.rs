@@ -624,7 +624,6 @@ pub fn sts_issuer(endpoint: &str) -> Arc<dyn CredentialIssuer> {
 pub fn test_settings() -> Settings {
     Settings {
         refresh_limit: Duration::from_secs(15 * 60),
-        base_role_arn: Some(BASE_ROLE_ARN.parse().expect("base")),
         backoff_base: Duration::from_millis(500),
         max_backoff: Duration::from_secs(5),
         sts_options: Default::default(),
@@ -645,15 +644,40 @@ impl Running {
         self.task.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// Stops the controller and waits for it to finish.
+    /// Stops the controller and waits for it to finish; panics (failing the test) if the
+    /// controller panicked or did not stop within 30 s.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+            join_controller(task, Duration::from_secs(30)).await;
         }
     }
+}
+
+/// Waits for a stopped controller's task: re-raises its panic, and panics if it does not end
+/// within `limit`.
+pub async fn join_controller(task: tokio::task::JoinHandle<()>, limit: Duration) {
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("the controller task failed: {e}"),
+        Err(_) => panic!("the controller did not stop within {limit:?} of its shutdown signal"),
+    }
+}
+
+/// The value of `series` (name with its labels, as rendered) in Prometheus text; panics when
+/// the series is absent, so a renamed metric fails the test instead of reading as 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: value {v:?}: {e}"))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
 }
 
 impl Drop for Running {
@@ -676,6 +700,19 @@ pub async fn run_controller(
     run_controller_with_policy(client, ns, issuer, settings, policy).await
 }
 
+/// [`run_controller`] that knows no base role ARN (`--base-role-arn` absent and nothing
+/// discovered): bare role names cannot be resolved.
+pub async fn run_controller_without_base(
+    client: &Client,
+    ns: &str,
+    issuer: Arc<dyn CredentialIssuer>,
+    settings: Settings,
+) -> Running {
+    let policy = PolicyContext::new(PolicyMode::Enforce, None, Some(Guard::default()));
+    let learned = controller::learned::Learned::new(None, false);
+    start_controller(client, ns, issuer, settings, policy, learned).await
+}
+
 /// [`run_controller`] with this namespace role policy.
 pub async fn run_controller_with_policy(
     client: &Client,
@@ -683,6 +720,19 @@ pub async fn run_controller_with_policy(
     issuer: Arc<dyn CredentialIssuer>,
     settings: Settings,
     policy: PolicyContext,
+) -> Running {
+    let learned =
+        controller::learned::Learned::new(Some(BASE_ROLE_ARN.parse().expect("base")), false);
+    start_controller(client, ns, issuer, settings, policy, learned).await
+}
+
+async fn start_controller(
+    client: &Client,
+    ns: &str,
+    issuer: Arc<dyn CredentialIssuer>,
+    settings: Settings,
+    policy: PolicyContext,
+    learned: controller::learned::Learned,
 ) -> Running {
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -697,8 +747,9 @@ pub async fn run_controller_with_policy(
         ),
         metrics: Arc::new(Metrics::new()),
         backoff: Backoff::default(),
-        leader: controller::leader::always_leader().1,
+        leader: controller::leader::Leadership::always(),
         policy,
+        learned: Arc::new(learned),
     });
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = oneshot::channel::<()>();
@@ -865,6 +916,17 @@ impl Binary {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Waits until `/healthz` answers 200.
+    pub async fn wait_healthy(&self) {
+        wait_for("the controller's admin server", || async {
+            http_get(self.admin_port, "/healthz")
+                .await
+                .ok()
+                .filter(|r| r.starts_with("200"))
+        })
+        .await;
+    }
+
     /// SIGKILL to the controller process (never to its watchdog alone, which would orphan it).
     pub fn kill(self) {
         self.signal("KILL");
@@ -968,13 +1030,7 @@ pub async fn start_binary_with(
         admin_port,
         log,
     };
-    wait_for("the controller's admin server", || async {
-        http_get(b.admin_port, "/healthz")
-            .await
-            .ok()
-            .filter(|r| r.starts_with("200"))
-    })
-    .await;
+    b.wait_healthy().await;
     b
 }
 

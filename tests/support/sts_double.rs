@@ -13,7 +13,8 @@
 //! * per-role faults: [`StsDouble::deny`] (403 `AccessDenied`),
 //!   [`StsDouble::throttle`] (400 `Throttling`), [`StsDouble::server_error`]
 //!   (500 `InternalFailure`), [`StsDouble::latency`]; and a global
-//!   [`StsDouble::unavailable`] (503 `ServiceUnavailable` for every request);
+//!   [`StsDouble::unavailable`] (503 `ServiceUnavailable` for every request),
+//!   [`StsDouble::caller_identity_unavailable`] (the same for `GetCallerIdentity` only);
 //! * validation like AWS's: role ARN shape, `RoleSessionName` (2–64 chars of
 //!   `[\w+=,.@-]`), `DurationSeconds` within `900..=MaxSessionDuration` of the
 //!   role ([`StsDouble::max_session`], default 3600), `ExternalId`,
@@ -104,6 +105,7 @@ struct Inner {
     throttled: HashSet<String>,
     server_errors: HashSet<String>,
     unavailable: bool,
+    caller_identity_unavailable: bool,
     latency: HashMap<String, Duration>,
     max_session: HashMap<String, i64>,
     lifetimes: HashMap<String, Duration>,
@@ -189,6 +191,12 @@ impl StsDouble {
     /// While on, every request answers 503 `ServiceUnavailable`.
     pub fn unavailable(&self, on: bool) {
         self.shared.lock().unavailable = on;
+    }
+
+    /// While on, `GetCallerIdentity` (only) answers 503 `ServiceUnavailable`: base role ARN
+    /// discovery fails while `AssumeRole` works.
+    pub fn caller_identity_unavailable(&self, on: bool) {
+        self.shared.lock().caller_identity_unavailable = on;
     }
 
     /// Delays every `AssumeRole` on `role_arn` (answered or failed) by `d`;
@@ -514,6 +522,13 @@ async fn serve(
             "Could not find operation  for version NO_VERSION_SPECIFIED",
         )),
         Some("GetCallerIdentity") => {
+            if shared.lock().caller_identity_unavailable {
+                return Err(StsError::receiver(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The request has failed due to a temporary failure of the server.",
+                ));
+            }
             Ok(get_caller_identity_xml(caller_session.as_ref(), request_id))
         }
         Some("AssumeRole") => {
