@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use support::{aws_cli_identity, data, env, project_secret, start_binary, wait_for};
+use support::kubelet::{SecretVolume, VolumeSpec};
+use support::{aws_cli_identity, data, env, start_binary, wait_for};
 
 #[tokio::main]
 async fn main() {
@@ -74,12 +75,13 @@ async fn main() {
         cond.status, cond.reason, cond.message
     );
 
-    let volume = tempfile::tempdir().expect("volume");
-    project_secret(volume.path(), &secret);
+    // The Secret volume as the kubelet's own code lays it out (scripts/build-kubelet-volume.sh).
+    let volume = SecretVolume::start(env, &ns, &name, &VolumeSpec::default()).await;
     println!(
-        "==> AWS CLI in a pod's view of the volume (/meta/aws-iam, AWS_CONFIG_FILE=credentials.process):"
+        "==> AWS CLI as a pod's non-root user with the volume read-only at /meta/aws-iam \
+         (AWS_CONFIG_FILE=credentials.process):"
     );
-    match aws_cli_identity(env, volume.path(), &env.moto_endpoint) {
+    match aws_cli_identity(env, &volume.dir, &env.moto_endpoint) {
         Ok(arn) => println!("    aws sts get-caller-identity -> {arn}"),
         Err(e) => {
             eprintln!("AWS CLI failed: {e}\ncontroller log:\n{}", bin.logs());

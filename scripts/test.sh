@@ -4,26 +4,53 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# The kubelet's volume code builds beside the others (same Go module cache as the control plane).
+scripts/build-kubelet-volume.sh >"$work/kubelet-volume" &
+kubelet_volume_build=$!
 KAIC_CONTROL_PLANE_DIR=$(scripts/build-control-plane.sh)
 KAIC_VENV=$(scripts/python-env.sh)
 KAIC_SDK_DIR=$(scripts/sdk-clients.sh)
 KAIC_IMDS_MOCK=$(scripts/build-imds-mock.sh)
-export KAIC_CONTROL_PLANE_DIR KAIC_VENV KAIC_SDK_DIR KAIC_IMDS_MOCK
+wait "$kubelet_volume_build" || { echo "test.sh: scripts/build-kubelet-volume.sh failed" >&2; exit 1; }
+KAIC_KUBELET_VOLUME=$(cat "$work/kubelet-volume")
+export KAIC_CONTROL_PLANE_DIR KAIC_VENV KAIC_SDK_DIR KAIC_IMDS_MOCK KAIC_KUBELET_VOLUME
 echo "test.sh: tools ready after $(( $(date +%s) - started ))s" >&2
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked --examples
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --locked --lib --tests 2>&1 | tee "$log"
-count() { awk -v w="$1" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" w) n += $(i-1) } END { print n + 0 }' "$log"; }
+# Build every test binary first; then the SDK binary (minutes of wall time, mostly waiting for
+# credentials to rotate) runs in the background while the other binaries run.
+cargo test --locked --lib --tests --no-run
+others=(--lib)
+for t in tests/*.rs; do
+  name=$(basename "$t" .rs)
+  [ "$name" = sdk ] || others+=(--test "$name")
+done
+sdk_started=$(date +%s)
+( cargo test --locked --test sdk >"$work/sdk.log" 2>&1; echo $? >"$work/sdk.rc"; echo "$(( $(date +%s) - sdk_started ))" >"$work/sdk.took" ) &
+sdk_run=$!
+others_rc=0
+cargo test --locked "${others[@]}" 2>&1 | tee "$work/others.log" || others_rc=$?
+echo "test.sh: the other test binaries took $(( $(date +%s) - sdk_started ))s" >&2
+wait "$sdk_run" || true
+cat "$work/sdk.log"
+sdk_rc=$(cat "$work/sdk.rc" 2>/dev/null || echo 1)
+echo "test.sh: the SDK binary took $(cat "$work/sdk.took" 2>/dev/null || echo '?')s" >&2
+count() { cat "$work/others.log" "$work/sdk.log" | awk -v w="$1" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" w) n += $(i-1) } END { print n + 0 }'; }
 passed=$(count passed)
 failed=$(count failed)
+if [ "$others_rc" != 0 ] || [ "$sdk_rc" != 0 ]; then
+  echo "test.sh: tests failed (other binaries: exit $others_rc, sdk: exit $sdk_rc)" >&2
+  echo "tests: $passed passed, $failed failed"
+  exit 1
+fi
 # The README's first command must keep working too.
 scripts/demo.sh
 # Nothing the tests started may outlive them (the watchdogs end it within a few seconds).
 sleep 3
-left=$(pgrep -af "$KAIC_CONTROL_PLANE_DIR/|moto_server|ec2-metadata-mock|$PWD/target/[a-z]+/kube-aws-iam-controller" | grep -v pgrep || true)
+left=$(pgrep -af "$KAIC_CONTROL_PLANE_DIR/|moto_server|ec2-metadata-mock|$KAIC_KUBELET_VOLUME|$PWD/target/[a-z]+/kube-aws-iam-controller" | grep -v pgrep || true)
 if [ -n "$left" ]; then
   echo "test.sh: processes left running after the tests:" >&2
   echo "$left" >&2

@@ -40,6 +40,8 @@ pub struct Metrics {
     election_last_success: Mutex<Option<Instant>>,
     /// Role gauges are reported only while leading (a follower's would be stale).
     leading: AtomicBool,
+    watch_expired: Family<Labels, Counter>,
+    watch_relists: Family<Labels, Counter>,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -108,6 +110,8 @@ impl Metrics {
             webhook_cert_expiry.clone(),
         );
         let election_success_age = Gauge::<f64, AtomicU64>::default();
+        let watch_expired = Family::<Labels, Counter>::default();
+        let watch_relists = Family::<Labels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -158,6 +162,16 @@ impl Metrics {
             "Seconds since the leader election last completed a Lease call (0 without election)",
             election_success_age.clone(),
         );
+        registry.register(
+            "watch_expired",
+            "Watches the API server ended with 410 Gone (history compacted), by resource",
+            watch_expired.clone(),
+        );
+        registry.register(
+            "watch_relists",
+            "Lists after the first, by resource: the watch cache was rebuilt",
+            watch_relists.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -177,6 +191,8 @@ impl Metrics {
             election_success_age,
             election_last_success: Mutex::new(None),
             leading: AtomicBool::new(true),
+            watch_expired,
+            watch_relists,
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -225,6 +241,19 @@ impl Metrics {
     /// Sets `kaic_leader`. Losing leadership also clears the role gauges (`kaic_awsiamroles`,
     /// the earliest expiry) and ignores role states until leading again: a follower's view is
     /// stale and must not fire alerts.
+    /// `resource` is `awsiamroles`, `secrets` or `namespaces`.
+    pub fn watch_expired(&self, resource: &'static str) {
+        self.watch_expired
+            .get_or_create(&vec![("resource", resource)])
+            .inc();
+    }
+
+    pub fn watch_relisted(&self, resource: &'static str) {
+        self.watch_relists
+            .get_or_create(&vec![("resource", resource)])
+            .inc();
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
         let was = self.leading.swap(leader, Ordering::SeqCst);

@@ -7,7 +7,8 @@ use support::{Scene, scene};
 
 use kube::api::PostParams;
 
-use support::{aws_cli_identity, data, project_secret, role, start_binary, wait_for};
+use support::kubelet::{SecretVolume, VolumeSpec};
+use support::{aws_cli_identity, data, role, start_binary, wait_for};
 
 #[tokio::test]
 async fn the_binary_issues_credentials_the_aws_cli_uses_and_logs_no_secret() {
@@ -37,9 +38,8 @@ async fn the_binary_issues_credentials_the_aws_cli_uses_and_logs_no_secret() {
     })
     .await;
 
-    let volume = tempfile::tempdir().expect("volume");
-    project_secret(volume.path(), &secret);
-    let arn = aws_cli_identity(env, volume.path(), &env.moto_endpoint).expect("aws cli");
+    let volume = SecretVolume::start(env, &ns, "cli-user", &VolumeSpec::default()).await;
+    let arn = aws_cli_identity(env, &volume.dir, &env.moto_endpoint).expect("aws cli");
     assert_eq!(
         arn,
         format!("arn:aws:sts::123456789012:assumed-role/cli-role/{ns}@cli-user")

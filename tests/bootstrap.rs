@@ -3,7 +3,8 @@
 //! with that Secret mounted at /meta/aws-iam (kubelet-style, kept up to date) and the AWS SDK
 //! reading `credentials.process`, as `deploy/deployment-with-role.yaml` runs it. It renews its
 //! own Secret and keeps issuing after the seed credentials have expired; the STS double
-//! rejects expired keys (`ExpiredTokenException`) and enforces the role-chaining limit.
+//! authenticates every call (SigV4 against the secret it issued), rejects expired keys
+//! (`ExpiredToken`) and enforces the role-chaining limit.
 
 mod support;
 
@@ -15,11 +16,9 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
+use support::kubelet::{SecretVolume, VolumeSpec};
 use support::sts_double::StsDouble;
-use support::{
-    Launch, binary_path, data, env, follow_secret, project_secret, role, start_binary_with,
-    wait_for, wait_for_within,
-};
+use support::{Launch, binary_path, data, env, role, start_binary_with, wait_for, wait_for_within};
 
 const PREFIX: &str = "arn:aws:iam::123456789012:role/";
 const NAME: &str = "kube-aws-iam-controller";
@@ -199,9 +198,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
     let manifest = ManifestView::read();
     assert_eq!(manifest.secret_name, NAME);
     assert_eq!(manifest.mount_path, "/meta/aws-iam");
-    let volume = tempfile::tempdir().expect("volume");
-    project_secret(volume.path(), &seed);
-    let kubelet = follow_secret(client.clone(), &ns, NAME, volume.path().to_path_buf());
+    let volume = SecretVolume::start(env, &ns, NAME, &VolumeSpec::default()).await;
     let mut aws_env = manifest.aws_env.clone();
     aws_env.push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()));
     let bin = start_binary_with(
@@ -215,7 +212,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
         Launch {
             discover_base_role_arn: true,
             aws_env: Some(aws_env),
-            meta_volume: Some(volume.path().to_path_buf()),
+            meta_volume: Some(volume.dir.clone()),
             kubeconfig: None,
         },
     )
@@ -332,7 +329,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
             "{field} appears in the controller's logs"
         );
     }
-    kubelet.abort();
+    drop(volume);
     bin.kill();
     eprintln!("bootstrap test took {:?}", started.elapsed());
 }

@@ -1,9 +1,13 @@
 //! SDK conformance: the real AWS SDKs, set up as docs/sdk-configuration.md says, read the
-//! AWSIAMRole's Secret from a kubelet-style volume at /meta/aws-iam (each client in its own
-//! mount namespace, as in its own container) and
-//! - are the role from their first call (controller against moto), and
+//! AWSIAMRole's Secret from a volume laid out by the kubelet's own code (tests/kubelet-volume:
+//! defaultMode 0440, fsGroup), mounted read-only at /meta/aws-iam, each client in its own mount
+//! namespace as a non-root user (as in its own container), and
+//! - are the role from their first call (controller against moto),
 //! - keep working, without a restart, while the controller rotates the credentials (against the
-//!   STS double, which rejects expired keys as STS does).
+//!   STS double, which verifies every signature and rejects expired keys as STS does), and
+//! - with `credentials.process`, keep working at the kubelet's pace (180 s sessions, a 60 s
+//!   refresh window, 20-40 s for a change to reach the volume); a negative control with a
+//!   propagation slower than the refresh window shows the failures this test exists to catch.
 //!
 //! The clients are those of tests/sdk/ (built by scripts/sdk-clients.sh, or taken from
 //! `KAIC_SDK_DIR`) and examples/sdk_rust_client.rs. With `credential_process` every SDK must
@@ -26,25 +30,97 @@ use tokio::sync::OnceCell;
 
 use kube_aws_iam_controller::controller::Settings;
 use kube_aws_iam_controller::crd::AWSIAMRole;
+use support::kubelet::{MOUNT, PodUser, SecretVolume, VolumeSpec, container};
 use support::sts_double::StsDouble;
 use support::{
-    BASE_ROLE_ARN, data, env, follow_secret, in_pod_view, project_secret, repo, role,
-    run_controller, sts_issuer, test_settings, wait_for,
+    BASE_ROLE_ARN, data, env, repo, role, run_controller, sts_issuer, test_settings, wait_for,
 };
-
-/// Where pods mount the Secret (`credentials.process` names this path).
-const MOUNT: &str = "/meta/aws-iam";
 /// The AWSIAMRole (and Secret) of every case; each case has its own namespace.
 const APP: &str = "app";
-/// Credentials the STS double issues expire this long after issue, whatever was asked for.
-const LIFETIME: Duration = Duration::from_secs(22);
-/// The controller renews this long before expiry, so every `LIFETIME - REFRESH` (4 s, a little
-/// less with its jitter). A key read from the volume thus has at least about 17 s left, more
-/// than the 15 s before expiry at which the Java SDKs run `credential_process` again.
-const REFRESH: Duration = Duration::from_secs(18);
-/// Calls of a rotation run, one a second. An SDK that re-reads only at expiry (Go) gets its third
-/// key at most two lifetimes after the first was issued (44 s), before the run ends.
-const CALLS: u32 = 50;
+/// How fast credentials rotate and reach the volume in a rotation run.
+#[derive(Clone, Debug)]
+struct Pace {
+    /// In namespace names.
+    slug: &'static str,
+    /// Credentials the STS double issues expire this long after issue, whatever was asked for.
+    lifetime: Duration,
+    /// The controller renews this long before expiry.
+    refresh: Duration,
+    /// The kubelet's part: how soon a change of the Secret reaches the volume.
+    volume: VolumeSpec,
+    /// Calls of a run (the CLI's: each is a new `aws` process, about a second of CPU here) and
+    /// the time between them.
+    calls: u32,
+    cli_calls: u32,
+    interval: Duration,
+}
+
+impl Pace {
+    /// Compressed: credentials live 22 s and are renewed 18 s before expiry (every 4 s, a little
+    /// less with the controller's jitter), and reach the volume within half a second. A key read
+    /// from the volume thus has at least about 17 s left, more than the 15 s before expiry at
+    /// which the Java SDKs run `credential_process` again. 50 calls a second apart: an SDK that
+    /// re-reads only at expiry (Go) gets its third key at most two lifetimes (44 s) after the
+    /// first was issued, before the run ends.
+    fn compressed() -> Pace {
+        Pace {
+            slug: "fast",
+            lifetime: Duration::from_secs(22),
+            refresh: Duration::from_secs(18),
+            volume: VolumeSpec {
+                delay: Duration::from_millis(200),
+                jitter: Duration::from_millis(300),
+                ..VolumeSpec::default()
+            },
+            calls: 50,
+            cli_calls: 30,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The kubelet's pace, with the real ratio of propagation to refresh window: 180 s sessions
+    /// renewed 60 s before expiry (every 108-120 s), and 20-40 s for a change to reach the volume
+    /// (the kubelet's pod sync period with its jitter). A call every 5 s for 340 s spans three
+    /// keys.
+    fn kubelet() -> Pace {
+        Pace {
+            slug: "kubelet",
+            lifetime: Duration::from_secs(180),
+            refresh: Duration::from_secs(60),
+            volume: VolumeSpec {
+                delay: Duration::from_secs(20),
+                jitter: Duration::from_secs(20),
+                ..VolumeSpec::default()
+            },
+            calls: 68,
+            cli_calls: 68,
+            interval: Duration::from_secs(5),
+        }
+    }
+
+    /// The negative control: the same sessions, but a change needs 70-80 s to reach the volume,
+    /// longer than the 60 s refresh window, so the volume still holds expired keys for 10-20 s
+    /// after each expiry.
+    fn slower_than_the_refresh_window() -> Pace {
+        Pace {
+            slug: "slow",
+            volume: VolumeSpec {
+                delay: Duration::from_secs(70),
+                jitter: Duration::from_secs(10),
+                ..VolumeSpec::default()
+            },
+            ..Pace::kubelet()
+        }
+    }
+
+    fn calls(&self, sdk: Sdk) -> u32 {
+        match sdk {
+            Sdk::Cli => self.cli_calls,
+            _ => self.calls,
+        }
+    }
+}
+
 /// Access keys a client must have used to count as refreshing: two switches.
 const KEYS_FOR_REFRESH: usize = 3;
 
@@ -103,16 +179,6 @@ impl Sdk {
                 ("AWS_SHARED_CREDENTIALS_FILE", file),
             ],
             (_, Config::StaticFile) => vec![("AWS_SHARED_CREDENTIALS_FILE", file)],
-        }
-    }
-
-    /// Calls of a rotation run. Each CLI call is a new `aws` process (about a second of CPU
-    /// here), so its calls are further apart and fewer span as long; it re-reads the files on
-    /// every call, so a few rotations are all it needs.
-    fn rotation_calls(self) -> u32 {
-        match self {
-            Sdk::Cli => 30,
-            _ => CALLS,
         }
     }
 
@@ -333,24 +399,31 @@ impl Output {
     }
 }
 
-/// Runs `sdk`'s client as a container would: `volume` at /meta/aws-iam in its own mount
-/// namespace, an empty home, and only the documented variables plus the local STS endpoint.
+/// Runs `sdk`'s client as a container would: `volume` read-only at /meta/aws-iam in its own
+/// mount namespace, as the pod's non-root user, an empty home, and only the documented
+/// variables plus the local STS endpoint; `count` calls, `interval` apart.
 async fn run_client(
     clients: &Clients,
     sdk: Sdk,
     config: Config,
     volume: &Path,
     sts_endpoint: &str,
-    count: u32,
+    (count, interval): (u32, Duration),
 ) -> Result<Output, String> {
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
     let program = clients.program(sdk);
-    let count_arg = count.to_string();
-    let mut cmd = in_pod_view(
+    let mut cmd = container(
         volume,
+        PodUser::default(),
+        Some(home.path()),
         &program.to_string_lossy(),
-        &["--count", &count_arg, "--interval-ms", "1000"],
     );
+    cmd.args([
+        "--count".to_string(),
+        count.to_string(),
+        "--interval-ms".into(),
+        interval.as_millis().to_string(),
+    ]);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.path())
@@ -362,8 +435,8 @@ async fn run_client(
         .stdin(Stdio::null());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
-    // A safety net only: a run takes `count` seconds plus the client's start.
-    let limit = Duration::from_secs(u64::from(count) * 4 + 60);
+    // A safety net only: a run takes `count` intervals plus the client's start.
+    let limit = (interval + Duration::from_secs(3)) * count + Duration::from_secs(60);
     let out = tokio::time::timeout(limit, cmd.output())
         .await
         .map_err(|_| format!("the client did not finish within {limit:?}"))?
@@ -394,13 +467,6 @@ async fn run_client(
 
 fn assumed_role_arn(role_name: &str, ns: &str) -> String {
     format!("arn:aws:sts::123456789012:assumed-role/{role_name}/{ns}@{APP}")
-}
-
-fn rotation_settings() -> Settings {
-    Settings {
-        refresh_limit: REFRESH,
-        ..test_settings()
-    }
 }
 
 /// Runs `case` for every item at once, each in its own task, and returns each result in order
@@ -458,15 +524,14 @@ async fn start(client: Client, clients: Arc<Clients>, sdk: Sdk) -> Result<(), St
         secrets.get_opt(APP).await.ok().flatten()
     })
     .await;
-    let volume = tempfile::tempdir().map_err(|e| e.to_string())?;
-    project_secret(volume.path(), &secret);
+    let volume = SecretVolume::start(env, &ns, APP, &VolumeSpec::default()).await;
     let out = run_client(
         &clients,
         sdk,
         Config::CredentialProcess,
-        volume.path(),
+        &volume.dir,
         &env.moto_endpoint,
-        1,
+        (1, Duration::from_secs(1)),
     )
     .await;
     ctl.stop().await;
@@ -525,6 +590,8 @@ struct Measured {
     rotations: usize,
     /// How long the client ran.
     took: Duration,
+    /// How long each change of the Secret took to reach the volume after the kubelet code saw it.
+    propagation: Vec<Duration>,
 }
 
 impl fmt::Display for Measured {
@@ -539,6 +606,16 @@ impl fmt::Display for Measured {
             self.failed_calls,
             self.rotations
         )?;
+        if let (Some(min), Some(max)) =
+            (self.propagation.iter().min(), self.propagation.iter().max())
+        {
+            write!(
+                f,
+                "; propagation {:.1}-{:.1} s",
+                min.as_secs_f64(),
+                max.as_secs_f64()
+            )?;
+        }
         if let Some(e) = &self.first_failure {
             write!(f, "; first failure: {e}")?;
         }
@@ -550,35 +627,44 @@ async fn rotation(
     client: Client,
     clients: Arc<Clients>,
     sts: Arc<StsDouble>,
-    sdk: Sdk,
-    config: Config,
+    pace: Arc<Pace>,
+    (sdk, config): (Sdk, Config),
 ) -> Result<Measured, String> {
     let env = env().await;
-    let case = format!("sdk-{}-{}", sdk.name(), config.slug());
+    let case = format!("sdk-{}-{}-{}", pace.slug, sdk.name(), config.slug());
     let ns = env.namespace(&client, &case).await;
     let role_arn = format!("{BASE_ROLE_ARN}{case}");
-    sts.lifetime(&role_arn, LIFETIME);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), rotation_settings()).await;
+    sts.lifetime(&role_arn, pace.lifetime);
+    let settings = Settings {
+        refresh_limit: pace.refresh,
+        ..test_settings()
+    };
+    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role(APP, &case, 3600))
         .await
         .map_err(|e| format!("create AWSIAMRole: {e}"))?;
-    let volume = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // The kubelet's part: the volume follows the Secret.
-    let kubelet = follow_secret(client.clone(), &ns, APP, volume.path().to_path_buf());
-    let projected = volume.path().join("credentials.json");
-    wait_for("the Secret in the volume", || async {
-        projected.exists().then_some(())
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    wait_for("the Secret", || async {
+        secrets.get_opt(APP).await.ok().flatten()
     })
     .await;
+    // The kubelet's part: its code keeps the volume up to date, at the pace's delay.
+    let volume = SecretVolume::start(env, &ns, APP, &pace.volume).await;
     let issued_before = sts.issued_keys(&role_arn).len();
-    let calls = sdk.rotation_calls();
+    let calls = (pace.calls(sdk), pace.interval);
     let started = tokio::time::Instant::now();
-    let out = run_client(&clients, sdk, config, volume.path(), &sts.endpoint, calls).await;
+    let out = run_client(&clients, sdk, config, &volume.dir, &sts.endpoint, calls).await;
     let rotations = sts.issued_keys(&role_arn).len() - issued_before;
     let took = started.elapsed();
-    kubelet.abort();
+    let propagation = volume
+        .projections()
+        .iter()
+        .skip(1)
+        .map(|p| p.delay)
+        .collect();
+    drop(volume);
     ctl.stop().await;
     let out = out?;
 
@@ -616,6 +702,7 @@ async fn rotation(
         keys_used: used.len(),
         rotations,
         took,
+        propagation,
     })
 }
 
@@ -625,12 +712,19 @@ async fn sdks_keep_working_across_rotations_as_documented() {
     let client = env.client().await;
     let clients = clients().await;
     let sts = Arc::new(StsDouble::start().await);
+    let pace = Arc::new(Pace::compressed());
     let cases: Vec<(Sdk, Config)> = SDKS
         .iter()
         .flat_map(|&sdk| CONFIGS.map(|config| (sdk, config)))
         .collect();
-    let results = in_parallel(cases, |(sdk, config)| {
-        rotation(client.clone(), clients.clone(), sts.clone(), sdk, config)
+    let results = in_parallel(cases, |case| {
+        rotation(
+            client.clone(),
+            clients.clone(),
+            sts.clone(),
+            pace.clone(),
+            case,
+        )
     })
     .await;
     let documented = documented_matrix();
@@ -661,6 +755,90 @@ async fn sdks_keep_working_across_rotations_as_documented() {
     }
     println!("{report}");
     assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
+}
+
+/// Every SDK reading `credentials.process` at the kubelet's pace: zero failed calls, and the
+/// renewed keys used. The runs of all SDKs go side by side (about six minutes in all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sdk_reading_credentials_process_survives_rotation_at_the_kubelets_pace() {
+    let env = env().await;
+    let client = env.client().await;
+    let clients = clients().await;
+    let sts = Arc::new(StsDouble::start().await);
+    let pace = Arc::new(Pace::kubelet());
+    let cases: Vec<(Sdk, Config)> = SDKS.map(|sdk| (sdk, Config::CredentialProcess)).to_vec();
+    let results = in_parallel(cases, |case| {
+        rotation(
+            client.clone(),
+            clients.clone(),
+            sts.clone(),
+            pace.clone(),
+            case,
+        )
+    })
+    .await;
+    let mut failures = Vec::new();
+    let mut report = String::from("measured at the kubelet's pace (credential_process):\n");
+    for ((sdk, _), result) in &results {
+        match result {
+            Err(e) => failures.push(format!("{}: {e}", sdk.name())),
+            Ok(m) => {
+                report.push_str(&format!("  {}: {m}\n", sdk.name()));
+                if m.failed_calls > 0 || m.refresh != Outcome::Refreshes {
+                    failures.push(format!("{}: {m}", sdk.name()));
+                }
+            }
+        }
+    }
+    println!("{report}");
+    assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
+}
+
+/// The negative control of the test above: when a change needs longer to reach the volume than
+/// the refresh window, the volume holds expired keys for a while after each expiry, and the
+/// calls made then fail. Were the test above unable to fail, this one would not either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_fails_when_propagation_is_slower_than_the_refresh_window() {
+    let env = env().await;
+    let client = env.client().await;
+    let clients = clients().await;
+    let sts = Arc::new(StsDouble::start().await);
+    let pace = Arc::new(Pace::slower_than_the_refresh_window());
+    // Two SDKs suffice: one that re-reads on every call, one that caches until expiry.
+    let cases = vec![
+        (Sdk::Boto3, Config::CredentialProcess),
+        (Sdk::Rust, Config::CredentialProcess),
+    ];
+    let results = in_parallel(cases, |case| {
+        rotation(
+            client.clone(),
+            clients.clone(),
+            sts.clone(),
+            pace.clone(),
+            case,
+        )
+    })
+    .await;
+    let mut report = String::from("measured with propagation slower than the refresh window:\n");
+    let mut problems = Vec::new();
+    for ((sdk, _), result) in &results {
+        match result {
+            Err(e) => problems.push(format!("{}: {e}", sdk.name())),
+            Ok(m) => {
+                report.push_str(&format!("  {}: {m}\n", sdk.name()));
+                if m.failed_calls == 0 {
+                    problems.push(format!("{}: no call failed: {m}", sdk.name()));
+                }
+                if let Some(e) = &m.first_failure
+                    && !e.to_lowercase().contains("expired")
+                {
+                    problems.push(format!("{}: failed, but not for expiry: {e}", sdk.name()));
+                }
+            }
+        }
+    }
+    println!("{report}");
+    assert!(problems.is_empty(), "{report}\n{}", problems.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------

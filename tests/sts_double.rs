@@ -404,19 +404,14 @@ async fn expired_issued_key_is_rejected() {
         .send()
         .await
         .expect_err("expired");
-    assert_eq!(code(&err).as_deref(), Some("ExpiredTokenException"));
+    assert_eq!(code(&err).as_deref(), Some("ExpiredToken"));
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
 
     let err = assume(&assumed, OTHER_ROLE, None)
         .await
         .expect_err("expired");
-    assert!(
-        matches!(
-            err.as_service_error(),
-            Some(AssumeRoleError::ExpiredTokenException(_))
-        ),
-        "{err:?}"
-    );
+    // STS answers `ExpiredToken`, not the modelled `ExpiredTokenException`.
+    assert_eq!(code(&err).as_deref(), Some("ExpiredToken"), "{err:?}");
     assert_eq!(double.assume_role_calls(OTHER_ROLE), 1);
     assert!(double.issued_keys(OTHER_ROLE).is_empty());
 
@@ -524,12 +519,28 @@ async fn invalid_role_arn_and_session_name_are_validation_errors() {
         let err = assume(&client, bad_role, None).await.expect_err(bad_role);
         assert_eq!(code(&err).as_deref(), Some("ValidationError"), "{bad_role}");
     }
-    for good_role in [
-        "arn:aws-cn:iam::111122223333:role/cn",
-        "arn:aws-us-gov:iam::111122223333:role/gov",
-        "arn:aws:iam::111122223333:role/a/b/c",
+    assume(&client, "arn:aws:iam::111122223333:role/a/b/c", None)
+        .await
+        .expect("a role with a path");
+    // Each STS serves one partition: other partitions' roles are not valid there.
+    for (partition, role) in [
+        ("aws-cn", "arn:aws-cn:iam::111122223333:role/cn"),
+        ("aws-us-gov", "arn:aws-us-gov:iam::111122223333:role/gov"),
     ] {
-        assume(&client, good_role, None).await.expect(good_role);
+        let err = assume(&client, role, None).await.expect_err(role);
+        assert_eq!(code(&err).as_deref(), Some("ValidationError"), "{role}");
+        assert!(message(&err).unwrap().contains("Partition"), "{err:?}");
+        let regional = StsDouble::start().await;
+        regional.partition(partition);
+        let out = assume(&self::client(&regional), role, None)
+            .await
+            .expect(role);
+        assert!(
+            out.assumed_role_user()
+                .unwrap()
+                .arn()
+                .starts_with(&format!("arn:{partition}:sts::"))
+        );
     }
 
     for bad_session in ["a", &"x".repeat(65), "has space", "slash/no", "colon:no"] {
@@ -607,10 +618,44 @@ async fn latency_delays_only_that_role() {
     other.await.expect("task").unwrap();
 }
 
-/// Sends one raw HTTP/1.1 request and returns the whole response.
-async fn raw_post(endpoint: &str, auth: Option<&str>, body: &str) -> String {
+/// SigV4 headers (`Authorization`, `X-Amz-Date`) for a form POST to `endpoint`, signed with
+/// `aws-sigv4` as an SDK signs.
+fn sigv4_headers(endpoint: &str, body: &str, key: &str, secret: &str) -> String {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+    let host = endpoint.trim_start_matches("http://");
+    let identity = Credentials::new(key, secret, None, None, "raw").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("sts")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let headers = [
+        ("host", host),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let signable = SignableRequest::new(
+        "POST",
+        endpoint,
+        headers.into_iter(),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    instructions
+        .headers()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect()
+}
+
+/// Sends one raw HTTP/1.1 request and returns the whole response; `signer` signs it.
+async fn raw_post(endpoint: &str, signer: Option<(&str, &str)>, body: &str) -> String {
     let addr = endpoint.trim_start_matches("http://").to_owned();
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n"));
+    let auth = signer.map(|(key, secret)| sigv4_headers(endpoint, body, key, secret));
     let body = body.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
@@ -641,8 +686,8 @@ fn between<'a>(s: &'a str, open: &str, close: &str) -> &'a str {
 #[tokio::test]
 async fn wire_format_matches_sts() {
     let double = StsDouble::start().await;
-    let auth = "AWS4-HMAC-SHA256 Credential=AKIDRAW/20260101/us-east-1/sts/aws4_request, \
-                SignedHeaders=host;x-amz-date, Signature=0000";
+    double.add_user("AKIDRAW", "raw-secret");
+    let auth = ("AKIDRAW", "raw-secret");
 
     let ok = raw_post(
         &double.endpoint,
@@ -700,12 +745,26 @@ async fn wire_format_matches_sts() {
     ));
     assert!(body.ends_with("</RequestId></ErrorResponse>"));
 
-    let unknown = raw_post(&double.endpoint, None, "Action=Nope&Version=2011-06-15").await;
+    let unknown = raw_post(
+        &double.endpoint,
+        Some(auth),
+        "Action=Nope&Version=2011-06-15",
+    )
+    .await;
     assert!(unknown.starts_with("HTTP/1.1 400"), "{unknown}");
     assert!(unknown.contains("<Code>InvalidAction</Code>"));
 
+    let anonymous = raw_post(
+        &double.endpoint,
+        None,
+        "Action=GetCallerIdentity&Version=2011-06-15",
+    )
+    .await;
+    assert!(anonymous.starts_with("HTTP/1.1 403"), "{anonymous}");
+    assert!(anonymous.contains("<Code>MissingAuthenticationToken</Code>"));
+
     let requests = double.requests();
-    assert_eq!(requests.len(), 3);
+    assert_eq!(requests.len(), 4);
     assert_eq!(requests[0].caller_access_key.as_deref(), Some("AKIDRAW"));
     assert_eq!(
         requests[0].tags,
@@ -716,8 +775,9 @@ async fn wire_format_matches_sts() {
     );
     assert_eq!(requests[0].duration_seconds, Some(900));
     assert_eq!(requests[2].action, "Nope");
-    assert_eq!(requests[2].caller_access_key, None);
     assert_eq!(requests[2].status, 400);
+    assert_eq!(requests[3].caller_access_key, None);
+    assert_eq!(requests[3].status, 403);
 }
 
 #[tokio::test]
@@ -741,4 +801,111 @@ async fn server_stops_when_dropped() {
         .send()
         .await
         .expect_err("server is gone");
+}
+
+#[tokio::test]
+async fn unknown_access_key_is_an_invalid_client_token_id() {
+    let double = StsDouble::start().await;
+    let stranger = client_with(
+        &double.endpoint,
+        Credentials::new("AKIDUNKNOWN000000000", "secret", None, None, "test"),
+        RetryConfig::disabled(),
+    );
+    let err = stranger
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("unknown key");
+    assert_eq!(code(&err).as_deref(), Some("InvalidClientTokenId"));
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
+}
+
+#[tokio::test]
+async fn wrong_secret_is_a_signature_mismatch() {
+    let double = StsDouble::start().await;
+    let wrong = client_with(
+        &double.endpoint,
+        Credentials::new("AKIDTEST", "not-the-secret", None, None, "test"),
+        RetryConfig::disabled(),
+    );
+    let err = assume(&wrong, ROLE, None).await.expect_err("wrong secret");
+    assert_eq!(code(&err).as_deref(), Some("SignatureDoesNotMatch"));
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
+    assert!(double.issued_keys(ROLE).is_empty());
+}
+
+#[tokio::test]
+async fn session_key_needs_its_own_session_token() {
+    let double = StsDouble::start().await;
+    let first = assume(&client(&double), ROLE, None).await.unwrap();
+    let second = assume(&client(&double), ROLE, None).await.unwrap();
+    let (a, b) = (first.credentials().unwrap(), second.credentials().unwrap());
+    for (token, what) in [
+        (None, "no token"),
+        (
+            Some(b.session_token().to_owned()),
+            "another session's token",
+        ),
+    ] {
+        let c = client_with(
+            &double.endpoint,
+            Credentials::new(a.access_key_id(), a.secret_access_key(), token, None, "t"),
+            RetryConfig::disabled(),
+        );
+        let err = c.get_caller_identity().send().await.expect_err(what);
+        assert_eq!(
+            code(&err).as_deref(),
+            Some("InvalidClientTokenId"),
+            "{what}"
+        );
+    }
+}
+
+/// The negative control of the authenticating double: after a rotation, a client that pairs
+/// the current access key with the secret of the session before it is turned away.
+#[tokio::test]
+async fn client_signing_with_a_stale_secret_fails() {
+    let double = StsDouble::start().await;
+    let old = assume(&client(&double), ROLE, None).await.unwrap();
+    let new = assume(&client(&double), ROLE, None).await.unwrap();
+    let (old, new) = (old.credentials().unwrap(), new.credentials().unwrap());
+    let stale = client_with(
+        &double.endpoint,
+        Credentials::new(
+            new.access_key_id(),
+            old.secret_access_key(),
+            Some(new.session_token().to_owned()),
+            None,
+            "stale",
+        ),
+        RetryConfig::disabled(),
+    );
+    let err = stale
+        .get_caller_identity()
+        .send()
+        .await
+        .expect_err("a stale secret must not authenticate");
+    assert_eq!(code(&err).as_deref(), Some("SignatureDoesNotMatch"));
+    client_for(&double, new)
+        .get_caller_identity()
+        .send()
+        .await
+        .expect("the matching secret does");
+}
+
+#[tokio::test]
+async fn durations_above_twelve_hours_are_rejected_whatever_the_role_allows() {
+    let double = StsDouble::start().await;
+    double.max_session(ROLE, 100_000);
+    let client = client(&double);
+    assume(&client, ROLE, Some(43200)).await.expect("12 h");
+    let err = assume(&client, ROLE, Some(43201))
+        .await
+        .expect_err("over 12 h");
+    assert_eq!(code(&err).as_deref(), Some("ValidationError"));
+    assert!(
+        message(&err)
+            .unwrap()
+            .contains("less than or equal to 43200")
+    );
 }

@@ -250,13 +250,19 @@ async fn a_deployments_pod_template_gets_the_documented_wiring_and_every_sdk_get
     );
 
     // The pod's environment, with the Secret laid out at /meta/aws-iam as the kubelet does.
-    let secret: Secret = wait_for("the role's Secret", || {
+    let _: Secret = wait_for("the role's Secret", || {
         let secrets = s.secrets.clone();
         async move { secrets.get_opt("my-app-role").await.ok().flatten() }
     })
     .await;
-    let dir = tempfile::tempdir().expect("tmp");
-    support::project_secret(dir.path(), &secret);
+    // The kubelet's own volume code lays it out; the clients run as the pod's non-root user.
+    let volume = support::kubelet::SecretVolume::start(
+        s.env,
+        &s.ns,
+        "my-app-role",
+        &support::kubelet::VolumeSpec::default(),
+    )
+    .await;
     let python = s.env.venv.join("bin/python");
     let aws = s.env.venv.join("bin/aws");
     let want_arn = format!(
@@ -287,11 +293,18 @@ async fn a_deployments_pod_template_gets_the_documented_wiring_and_every_sdk_get
             ],
         ),
     ] {
-        let mut cmd = support::in_pod_view(dir.path(), program, &args);
+        let home = tempfile::tempdir().expect("home");
+        let mut cmd = support::kubelet::container(
+            &volume.dir,
+            support::kubelet::PodUser::default(),
+            Some(home.path()),
+            program,
+        );
+        cmd.args(&args);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
             cmd.env_remove(k);
         }
-        cmd.env("HOME", "").env("EP", &s.env.moto_endpoint);
+        cmd.env("HOME", home.path()).env("EP", &s.env.moto_endpoint);
         for (k, v) in env_of(&created) {
             cmd.env(k, v);
         }
@@ -322,11 +335,13 @@ async fn a_deployments_pod_template_gets_the_documented_wiring_and_every_sdk_get
     for sdk in ["go", "js", "java2", "java1"] {
         let program = sdk_dir.join("bin").join(sdk);
         let home = tempfile::tempdir().expect("home");
-        let mut cmd = support::in_pod_view(
-            dir.path(),
+        let mut cmd = support::kubelet::container(
+            &volume.dir,
+            support::kubelet::PodUser::default(),
+            Some(home.path()),
             &program.to_string_lossy(),
-            &["--count", "1", "--interval-ms", "1000"],
         );
+        cmd.args(["--count", "1", "--interval-ms", "1000"]);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", home.path())

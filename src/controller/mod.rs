@@ -79,9 +79,10 @@ pub async fn run(
 
     let (role_store, role_writer) = reflector::store();
     // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
+    let metrics = ctx.metrics.clone();
     let roles = watcher(roles_api, watcher::Config::default())
         .default_backoff()
-        .inspect(move |ev| mark_synced(ev, &roles_synced_tx))
+        .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(
@@ -95,7 +96,10 @@ pub async fn run(
         watcher::Config::default().labels(secret::SELECTOR),
     )
     .default_backoff()
-    .inspect(move |ev| mark_synced(ev, &secrets_synced_tx))
+    .inspect({
+        let metrics = ctx.metrics.clone();
+        move |ev| observe(ev, "secrets", &secrets_synced_tx, &metrics)
+    })
     .reflect(secret_writer)
     .touched_objects();
 
@@ -112,9 +116,10 @@ pub async fn run(
         };
         let (store, writer) = reflector::store();
         ctx.policy.attach(store);
+        let metrics = ctx.metrics.clone();
         watcher(api, config)
             .default_backoff()
-            .inspect(move |ev| mark_synced(ev, &namespaces_synced_tx))
+            .inspect(move |ev| observe(ev, "namespaces", &namespaces_synced_tx, &metrics))
             .reflect(writer)
             .applied_objects()
             .predicate_filter(predicates::annotations, Default::default())
@@ -216,8 +221,26 @@ pub async fn run(
     stop_signal.abort();
 }
 
-fn mark_synced<K>(ev: &Result<watcher::Event<K>, watcher::Error>, tx: &watch::Sender<bool>) {
-    if matches!(ev, Ok(watcher::Event::InitDone)) {
-        let _ = tx.send(true);
+/// Marks the cache synced at its first complete list; counts and logs a watch that expired
+/// (410 Gone) and every list after the first (a relist).
+fn observe<K>(
+    ev: &Result<watcher::Event<K>, watcher::Error>,
+    resource: &'static str,
+    synced: &watch::Sender<bool>,
+    metrics: &crate::metrics::Metrics,
+) {
+    match ev {
+        Ok(watcher::Event::Init) if *synced.borrow() => {
+            info!(resource, "watch relisting");
+            metrics.watch_relisted(resource);
+        }
+        Ok(watcher::Event::InitDone) => {
+            synced.send_replace(true);
+        }
+        Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+            warn!(resource, "watch expired (410 Gone)");
+            metrics.watch_expired(resource);
+        }
+        _ => {}
     }
 }

@@ -1,6 +1,7 @@
 //! Test harness: a real etcd + kube-apiserver (client-certificate admin, RBAC on) and moto's
 //! STS server on free 127.0.0.1 ports, one set per test binary; a namespace per test; the
-//! controller run in-process or as the built binary; a kubelet-faithful Secret volume.
+//! controller run in-process or as the built binary; Secret volumes laid out by the kubelet's
+//! own code ([`kubelet`]).
 //!
 //! Every process is started under a small watchdog shell that kills it when the test binary
 //! exits, however it exits (end, panic, timeout, SIGKILL), so nothing is left running.
@@ -8,6 +9,8 @@
 // The watchdog shells live exactly as long as the test binary; nothing waits for them.
 #![allow(clippy::zombie_processes)]
 
+pub mod kubelet;
+pub mod proxy;
 pub mod sts_double;
 
 use std::future::Future;
@@ -158,7 +161,13 @@ static ENV: OnceCell<Env> = OnceCell::const_new();
 
 /// The control plane for this test binary (started on first use).
 pub async fn env() -> &'static Env {
-    ENV.get_or_init(start_env).await
+    env_with(&[]).await
+}
+
+/// [`env`] with extra kube-apiserver flags, for a test binary all of whose tests pass the same
+/// ones (the first caller starts the control plane).
+pub async fn env_with(apiserver_flags: &'static [&'static str]) -> &'static Env {
+    ENV.get_or_init(|| start_env(apiserver_flags)).await
 }
 
 fn certs(dir: &Path) -> (String, String, String, String, String) {
@@ -219,7 +228,7 @@ fn certs(dir: &Path) -> (String, String, String, String, String) {
     )
 }
 
-async fn start_env() -> Env {
+async fn start_env(apiserver_flags: &'static [&'static str]) -> Env {
     let cp = control_plane_dir();
     check_binary(&cp.join("etcd"), "scripts/build-control-plane.sh");
     check_binary(&cp.join("kube-apiserver"), "scripts/build-control-plane.sh");
@@ -259,7 +268,7 @@ async fn start_env() -> Env {
     let api_port = free_port();
     let api_url = format!("https://127.0.0.1:{api_port}");
     let d = |f: &str| dir.join(f).display().to_string();
-    let apiserver_args = vec![
+    let mut apiserver_args = vec![
         format!("--etcd-servers={etcd_url}"),
         "--bind-address=127.0.0.1".into(),
         format!("--secure-port={api_port}"),
@@ -277,6 +286,7 @@ async fn start_env() -> Env {
         "--disable-admission-plugins=ServiceAccount".into(),
         "--allow-privileged=true".into(),
     ];
+    apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
     let env_ = Env {
         kubeconfig: dir.join("kubeconfig"),
         dir: dir.clone(),
@@ -784,57 +794,6 @@ pub fn data(secret: &Secret, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Lays out a Secret's data in `dir` exactly as the kubelet's AtomicWriter does: a timestamped
-/// directory with the files, `..data` pointing at it (swapped atomically), and one symlink per
-/// key into `..data`. Call again to update.
-pub fn project_secret(dir: &Path, secret: &Secret) {
-    use std::os::unix::fs::symlink;
-    std::fs::create_dir_all(dir).expect("volume dir");
-    let stamp = format!(
-        "..{}.{}",
-        chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S"),
-        rand::random::<u32>()
-    );
-    let ts_dir = dir.join(&stamp);
-    std::fs::create_dir(&ts_dir).expect("timestamp dir");
-    let data = secret.data.clone().unwrap_or_default();
-    for (k, v) in &data {
-        std::fs::write(ts_dir.join(k), &v.0).expect("write key");
-    }
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    symlink(&stamp, &tmp).expect("symlink");
-    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
-    for k in data.keys() {
-        let link = dir.join(k);
-        if std::fs::symlink_metadata(&link).is_err() {
-            symlink(Path::new("..data").join(k), &link).expect("key symlink");
-        }
-    }
-    if let Some(old) = old {
-        let _ = std::fs::remove_dir_all(dir.join(old));
-    }
-}
-
-/// Runs `program` with `dir` bind-mounted at `/meta/aws-iam` in a private mount namespace,
-/// the view a container with the Secret volume has.
-pub fn in_pod_view(dir: &Path, program: &str, args: &[&str]) -> Command {
-    std::fs::create_dir_all("/meta/aws-iam")
-        .expect("create /meta/aws-iam mount point (run as root)");
-    let mut cmd = Command::new("unshare");
-    cmd.arg("--mount")
-        .arg("--propagation")
-        .arg("private")
-        .arg("sh")
-        .arg("-c")
-        .arg("mount --bind \"$0\" /meta/aws-iam && exec \"$@\"")
-        .arg(dir)
-        .arg(program)
-        .args(args);
-    cmd
-}
-
 /// An AWSIAMRole object.
 pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
     AWSIAMRole::new(
@@ -1007,7 +966,7 @@ pub async fn start_binary_with(
     let child = match &launch.meta_volume {
         None => spawn_watched(&bin, &args, &log, &aws_env),
         Some(dir) => {
-            // As in_pod_view: a private mount namespace with `dir` at /meta/aws-iam; `unshare`
+            // As a container: a private mount namespace with `dir` at /meta/aws-iam; `unshare`
             // and `sh` exec the controller, so the watchdog's child is the controller itself.
             std::fs::create_dir_all("/meta/aws-iam")
                 .expect("create /meta/aws-iam mount point (run as root)");
@@ -1034,25 +993,29 @@ pub async fn start_binary_with(
     b
 }
 
-/// Runs the AWS CLI v1 the way a pod with the Secret mounted at /meta/aws-iam does, using the
-/// `credentials.process` file, and returns the caller ARN it prints.
+/// Runs the AWS CLI v1 the way a pod with the Secret mounted at /meta/aws-iam does (a non-root
+/// container, see [`kubelet::container`]), using the `credentials.process` file, and returns the
+/// caller ARN it prints.
 pub fn aws_cli_identity(env: &Env, volume: &Path, sts_endpoint: &str) -> Result<String, String> {
     let aws = env.venv.join("bin/aws");
-    let aws = aws.to_string_lossy();
-    let out = in_pod_view(
+    let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = kubelet::container(
         volume,
-        &aws,
-        &[
-            "sts",
-            "get-caller-identity",
-            "--query",
-            "Arn",
-            "--output",
-            "text",
-            "--endpoint-url",
-            sts_endpoint,
-        ],
+        kubelet::PodUser::default(),
+        Some(home.path()),
+        &aws.to_string_lossy(),
     )
+    .args([
+        "sts",
+        "get-caller-identity",
+        "--query",
+        "Arn",
+        "--output",
+        "text",
+        "--endpoint-url",
+        sts_endpoint,
+    ])
+    .env("HOME", home.path())
     .env("AWS_CONFIG_FILE", "/meta/aws-iam/credentials.process")
     .env(
         "AWS_SHARED_CREDENTIALS_FILE",
@@ -1151,30 +1114,6 @@ pub async fn start_imds_mock(env: &Env, instance_profile_arn: &str, imdsv2_only:
     }
 }
 
-/// Keeps `dir` laid out with the current data of Secret `ns/name`, as the kubelet keeps a
-/// mounted Secret volume up to date, until the returned task is aborted.
-pub fn follow_secret(
-    client: Client,
-    ns: &str,
-    name: &str,
-    dir: PathBuf,
-) -> tokio::task::JoinHandle<()> {
-    let api: Api<Secret> = Api::namespaced(client, ns);
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let mut seen = None;
-        loop {
-            if let Ok(Some(s)) = api.get_opt(&name).await
-                && s.metadata.resource_version != seen
-            {
-                project_secret(&dir, &s);
-                seen = s.metadata.resource_version.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
-
 /// boto3's `GetCallerIdentity` ARN against `endpoint`, with the given environment (credentials
 /// through a file or variables); nothing else of the caller's AWS environment is passed.
 pub fn boto3_identity(env: &Env, endpoint: &str, vars: &[(&str, &std::ffi::OsStr)]) -> String {
@@ -1262,12 +1201,11 @@ pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str
     assert!(applied > 0, "{path} holds no objects");
 }
 
-/// boto3's caller ARN (against moto) using the `credentials` file of `secret`, laid out as the
-/// kubelet mounts it.
+/// boto3's caller ARN (against moto) using the `credentials` file of `secret`.
 pub fn boto3_identity_from_secret(env: &Env, secret: &Secret) -> String {
     let dir = tempfile::tempdir().expect("tmp");
-    project_secret(dir.path(), secret);
     let creds_file = dir.path().join("credentials");
+    std::fs::write(&creds_file, data(secret, "credentials")).expect("write credentials");
     boto3_identity(
         env,
         &env.moto_endpoint,

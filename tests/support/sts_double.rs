@@ -19,11 +19,18 @@
 //!   `[\w+=,.@-]`), `DurationSeconds` within `900..=MaxSessionDuration` of the
 //!   role ([`StsDouble::max_session`], default 3600), `ExternalId`,
 //!   `SourceIdentity`, at most 10 policy ARNs and 50 tags;
-//! * the caller's identity, taken from the access key id in the SigV4
-//!   `Authorization` header (signatures are never verified). A key this double
-//!   issued is an assumed-role session: it is rejected with 403
-//!   `ExpiredTokenException` once expired (see [`StsDouble::expire_key`]), and an
-//!   `AssumeRole` made with it is role chaining, limited to one hour.
+//! * authentication like STS's: every request must carry a SigV4 `Authorization`
+//!   header, and the signature is recomputed with `aws-sigv4` from the secret of
+//!   the access key it names: one of the long-term [`USERS`] (or
+//!   [`StsDouble::add_user`]) or a session this double issued, which must also
+//!   send its own `X-Amz-Security-Token`. An unknown key or a wrong or missing
+//!   token is 403 `InvalidClientTokenId`, a wrong secret 403
+//!   `SignatureDoesNotMatch`, an expired session 403 `ExpiredToken` (see
+//!   [`StsDouble::expire_key`]); an `AssumeRole` made with a session is role
+//!   chaining, limited to one hour;
+//! * one partition per double (`aws` unless [`StsDouble::partition`] says
+//!   otherwise): a role ARN of another partition is a `ValidationError`, and
+//!   `DurationSeconds` above 43200 too, whatever the role's maximum.
 //!
 //! Every request is recorded ([`StsDouble::requests`]) in arrival order. The
 //! server stops when the [`StsDouble`] is dropped.
@@ -39,7 +46,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
@@ -53,6 +60,14 @@ pub const DEFAULT_CALLER_ARN: &str = "arn:aws:iam::123456789012:user/kaic-test";
 pub const DEFAULT_CALLER_USER_ID: &str = "AIDAKAICTESTUSER00001";
 /// `MaxSessionDuration` of a role unless [`StsDouble::max_session`] says otherwise.
 pub const DEFAULT_MAX_SESSION_SECS: i64 = 3600;
+/// The most `DurationSeconds` STS accepts for any role.
+pub const MAX_DURATION_SECS: i64 = 43200;
+/// The long-term access keys (id, secret) every double knows: the keys the tests sign with.
+pub const USERS: &[(&str, &str)] = &[
+    ("AKIDCONTROLLER000000", "controller-secret"),
+    ("AKIDOPERATOR00000000", "operator-secret"),
+    ("AKIDTEST", "secret"),
+];
 
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 const STS_VERSION: &str = "2011-06-15";
@@ -97,10 +112,16 @@ struct IssuedSession {
     assumed_role_id: String,
     account: String,
     expiration: DateTime<Utc>,
+    secret_access_key: String,
+    session_token: String,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// Long-term access key id -> secret.
+    users: HashMap<String, String>,
+    /// The partition this STS serves; `None` is `aws`.
+    partition: Option<String>,
     denied: HashSet<String>,
     throttled: HashSet<String>,
     server_errors: HashSet<String>,
@@ -144,6 +165,10 @@ impl StsDouble {
             .expect("STS double: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("STS double: local_addr");
         let shared = Arc::new(Shared::default());
+        shared.lock().users = USERS
+            .iter()
+            .map(|(id, secret)| ((*id).to_owned(), (*secret).to_owned()))
+            .collect();
         let app = Router::new()
             .fallback(handle)
             .with_state(Arc::clone(&shared));
@@ -160,6 +185,20 @@ impl StsDouble {
             shared,
             shutdown: Some(tx),
         }
+    }
+
+    /// Adds a long-term access key the double accepts (signed with `secret`).
+    pub fn add_user(&self, access_key_id: &str, secret: &str) {
+        self.shared
+            .lock()
+            .users
+            .insert(access_key_id.to_owned(), secret.to_owned());
+    }
+
+    /// Makes the double an STS of `partition` (`aws`, `aws-cn`, `aws-us-gov`): role ARNs of
+    /// other partitions are then rejected.
+    pub fn partition(&self, partition: &str) {
+        self.shared.lock().partition = Some(partition.to_owned());
     }
 
     /// Credentials issued for `role_arn` expire after `d` whatever `DurationSeconds` asked for,
@@ -220,7 +259,7 @@ impl StsDouble {
     }
 
     /// Makes the session of `access_key_id` (one the double issued) expired:
-    /// any request signed with it then answers 403 `ExpiredTokenException`.
+    /// any request signed with it then answers 403 `ExpiredToken`.
     /// Returns false if the double did not issue that key.
     pub fn expire_key(&self, access_key_id: &str) -> bool {
         match self.shared.lock().sessions.get_mut(access_key_id) {
@@ -424,8 +463,224 @@ fn caller_access_key(headers: &HeaderMap) -> Option<String> {
     (!key.is_empty()).then(|| key.to_owned())
 }
 
+/// What authentication looks at: the request as it arrived.
+struct SignedRequest<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+/// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    /// `date/region/service/aws4_request`
+    scope: Vec<&'a str>,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
+    let rest = value.strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',').map(str::trim) {
+        match part.split_once('=') {
+            Some(("Credential", v)) => credential = Some(v),
+            Some(("SignedHeaders", v)) => signed = Some(v),
+            Some(("Signature", v)) => signature = Some(v),
+            _ => {}
+        }
+    }
+    let mut scope = credential?.split('/');
+    let access_key_id = scope.next().filter(|k| !k.is_empty())?;
+    let scope: Vec<&str> = scope.collect();
+    (scope.len() == 4 && scope[3] == "aws4_request").then_some(())?;
+    Some(Authorization {
+        access_key_id,
+        scope,
+        signed_headers: signed?.split(';').collect(),
+        signature: signature?,
+    })
+}
+
+fn forbidden(code: &'static str, message: &str) -> StsError {
+    StsError::sender(StatusCode::FORBIDDEN, code, message)
+}
+
+fn invalid_token() -> StsError {
+    forbidden(
+        "InvalidClientTokenId",
+        "The security token included in the request is invalid.",
+    )
+}
+
+/// Authenticates the request as STS does; `Some` is the issued session that signed it, `None` a
+/// long-term user.
+fn authenticate(
+    shared: &Shared,
+    req: &SignedRequest<'_>,
+) -> Result<Option<IssuedSession>, StsError> {
+    use aws_sigv4::http_request::{
+        PayloadChecksumKind, SessionTokenMode, SignableBody, SignableRequest, SigningSettings, sign,
+    };
+    use aws_sigv4::sign::v4;
+
+    let Some(value) = req.headers.get(header::AUTHORIZATION) else {
+        return Err(forbidden(
+            "MissingAuthenticationToken",
+            "Request is missing Authentication Token",
+        ));
+    };
+    let incomplete = || {
+        StsError::sender(
+            StatusCode::BAD_REQUEST,
+            "IncompleteSignature",
+            "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' \
+             parameters of the AWS4-HMAC-SHA256 algorithm.",
+        )
+    };
+    let auth = value
+        .to_str()
+        .ok()
+        .and_then(parse_authorization)
+        .ok_or_else(incomplete)?;
+    let token = req
+        .headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok());
+
+    // Whose key is it, and does the token go with it?
+    let (secret, session) = {
+        let inner = shared.lock();
+        if let Some(session) = inner.sessions.get(auth.access_key_id) {
+            if token != Some(session.session_token.as_str()) {
+                return Err(invalid_token());
+            }
+            (session.secret_access_key.clone(), Some(session.clone()))
+        } else if let Some(secret) = inner.users.get(auth.access_key_id) {
+            if token.is_some() {
+                return Err(invalid_token());
+            }
+            (secret.clone(), None)
+        } else {
+            return Err(invalid_token());
+        }
+    };
+    if let Some(session) = &session
+        && Utc::now() >= session.expiration
+    {
+        return Err(forbidden(
+            "ExpiredToken",
+            "The security token included in the request is expired",
+        ));
+    }
+
+    // Recompute the signature from the secret and compare.
+    let mismatch = || {
+        forbidden(
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method. Consult the service \
+             documentation for details.",
+        )
+    };
+    let date = req
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| chrono::NaiveDateTime::parse_from_str(d, "%Y%m%dT%H%M%SZ").ok())
+        .map(|d| d.and_utc())
+        .ok_or_else(incomplete)?;
+    if (Utc::now() - date).num_minutes().abs() > 15 {
+        return Err(forbidden(
+            "SignatureDoesNotMatch",
+            "Signature expired: the request time is more than 15 minutes away from the server time.",
+        ));
+    }
+    let [_, region, service, _] = auth.scope[..] else {
+        return Err(incomplete());
+    };
+    if service != "sts" {
+        return Err(mismatch());
+    }
+    let signs = |name: &str| auth.signed_headers.contains(&name);
+    let mut settings = SigningSettings::default();
+    // Sign exactly the headers the client signed (user-agent included, as Java 1.x does).
+    settings.excluded_headers = Some(Vec::new());
+    settings.session_token_mode = if signs("x-amz-security-token") {
+        SessionTokenMode::Include
+    } else {
+        SessionTokenMode::Exclude
+    };
+    settings.payload_checksum_kind = if signs("x-amz-content-sha256") {
+        PayloadChecksumKind::XAmzSha256
+    } else {
+        PayloadChecksumKind::NoHeader
+    };
+    let mut headers = Vec::new();
+    for name in &auth.signed_headers {
+        if matches!(
+            *name,
+            "x-amz-date" | "x-amz-security-token" | "x-amz-content-sha256"
+        ) {
+            continue;
+        }
+        let values: Vec<&str> = req
+            .headers
+            .get_all(*name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.is_empty() {
+            return Err(mismatch());
+        }
+        for v in values {
+            headers.push((*name, v));
+        }
+    }
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("http://{host}{path}");
+    let identity = aws_credential_types::Credentials::new(
+        auth.access_key_id,
+        secret,
+        token.map(str::to_owned),
+        None,
+        "sts-double",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(date.into())
+        .settings(settings)
+        .build()
+        .map_err(|_| incomplete())?
+        .into();
+    let signable = SignableRequest::new(
+        req.method.as_str(),
+        &url,
+        headers.into_iter(),
+        SignableBody::Bytes(req.body),
+    )
+    .map_err(|_| mismatch())?;
+    let (_, expected) = sign(signable, &params)
+        .map_err(|_| mismatch())?
+        .into_parts();
+    if expected != auth.signature {
+        return Err(mismatch());
+    }
+    Ok(session)
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -458,7 +713,13 @@ async fn handle(
     };
 
     let request_id = uuid_v4();
-    let result = serve(&shared, &params, &record, &request_id).await;
+    let signed = SignedRequest {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+        body: &body,
+    };
+    let result = serve(&shared, &params, &record, &signed, &request_id).await;
     let (status, body) = match result {
         Ok(xml) => (StatusCode::OK, xml),
         Err(err) => (err.status, error_xml(&err, &request_id)),
@@ -478,31 +739,18 @@ async fn serve(
     shared: &Shared,
     params: &Params,
     req: &RecordedRequest,
+    signed: &SignedRequest<'_>,
     request_id: &str,
 ) -> Result<String, StsError> {
-    // Service-wide outage and expired caller credentials come before any action.
-    let caller_session = {
-        let inner = shared.lock();
-        if inner.unavailable {
-            return Err(StsError::receiver(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "The request has failed due to a temporary failure of the server.",
-            ));
-        }
-        req.caller_access_key
-            .as_ref()
-            .and_then(|k| inner.sessions.get(k).cloned())
-    };
-    if let Some(session) = &caller_session
-        && Utc::now() >= session.expiration
-    {
-        return Err(StsError::sender(
-            StatusCode::FORBIDDEN,
-            "ExpiredTokenException",
-            "The security token included in the request is expired",
+    // A service-wide outage comes before anything else, then authentication.
+    if shared.lock().unavailable {
+        return Err(StsError::receiver(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
         ));
     }
+    let caller_session = authenticate(shared, signed)?;
 
     let version = param(params, "Version").unwrap_or("NO_VERSION_SPECIFIED");
     let action = param(params, "Action");
@@ -615,6 +863,24 @@ async fn assume_role(
              constraint: Member must have value greater than or equal to 900"
         )));
     }
+    if duration > MAX_DURATION_SECS {
+        let d = duration;
+        return Err(StsError::validation(format!(
+            "1 validation error detected: Value '{d}' at 'durationSeconds' failed to satisfy \
+             constraint: Member must have value less than or equal to {MAX_DURATION_SECS}"
+        )));
+    }
+    let served = shared
+        .lock()
+        .partition
+        .clone()
+        .unwrap_or_else(|| "aws".to_owned());
+    if role.partition != served {
+        return Err(StsError::validation(format!(
+            "Partition \"{}\" is not valid for resource \"{role_arn}\".",
+            role.partition
+        )));
+    }
     if let Some(external_id) = req.external_id.as_deref() {
         validate_pattern("externalId", external_id, 2, 1224, r"[\w+=,.@:\/-]*", |c| {
             is_session_char(c) || c == ':' || c == '/'
@@ -710,6 +976,8 @@ async fn assume_role(
             assumed_role_id: assumed_role_id.clone(),
             account: role.account.to_owned(),
             expiration,
+            secret_access_key: secret_access_key.clone(),
+            session_token: session_token.clone(),
         },
     );
     inner
