@@ -81,8 +81,9 @@ pub async fn run(
     // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
     let metrics = ctx.metrics.clone();
     let roles = watcher(roles_api, watcher::Config::default())
-        .default_backoff()
         .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
+        .filter(relist_at_once)
+        .default_backoff()
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(
@@ -95,11 +96,12 @@ pub async fn run(
         secrets_api,
         watcher::Config::default().labels(secret::SELECTOR),
     )
-    .default_backoff()
     .inspect({
         let metrics = ctx.metrics.clone();
         move |ev| observe(ev, "secrets", &secrets_synced_tx, &metrics)
     })
+    .filter(relist_at_once)
+    .default_backoff()
     .reflect(secret_writer)
     .touched_objects();
 
@@ -219,6 +221,12 @@ pub async fn run(
     readiness.abort();
     leader_metric.abort();
     stop_signal.abort();
+}
+
+/// Drops a 410 Gone before the backoff: the watcher relists at once, as client-go's reflector
+/// does, instead of first waiting out the backoff that the outage before it built up.
+fn relist_at_once<K>(ev: &Result<watcher::Event<K>, watcher::Error>) -> std::future::Ready<bool> {
+    std::future::ready(!matches!(ev, Err(watcher::Error::WatchError(s)) if s.code == 410))
 }
 
 /// Marks the cache synced at its first complete list; counts and logs a watch that expired
