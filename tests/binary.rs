@@ -1,5 +1,6 @@
 //! End to end: the built binary run as a process, the way users run it; the AWS CLI reads the
-//! Secret through `credentials.process` from a kubelet-style volume at /meta/aws-iam.
+//! Secret through `credentials.process` from the kubelet's own Secret volume layout, read-only at
+//! /meta/aws-iam, as a non-root user.
 
 mod support;
 

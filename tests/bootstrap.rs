@@ -1,6 +1,6 @@
 //! Bootstrap off AWS, end to end: `kube-aws-iam-controller bootstrap` seeds the controller's
 //! AWSIAMRole and Secret with the operator's AWS credentials; the controller binary then runs
-//! with that Secret mounted at /meta/aws-iam (kubelet-style, kept up to date) and the AWS SDK
+//! with that Secret mounted at /meta/aws-iam (by the kubelet's own volume code) and the AWS SDK
 //! reading `credentials.process`, as `deploy/deployment-with-role.yaml` runs it. It renews its
 //! own Secret and keeps issuing after the seed credentials have expired; the STS double
 //! authenticates every call (SigV4 against the secret it issued), rejects expired keys
