@@ -120,8 +120,9 @@ pub async fn run(
         ctx.policy.attach(store);
         let metrics = ctx.metrics.clone();
         watcher(api, config)
-            .default_backoff()
             .inspect(move |ev| observe(ev, "namespaces", &namespaces_synced_tx, &metrics))
+            .filter(relist_at_once)
+            .default_backoff()
             .reflect(writer)
             .applied_objects()
             .predicate_filter(predicates::annotations, Default::default())
