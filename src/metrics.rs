@@ -40,6 +40,7 @@ pub struct Metrics {
     election_last_success: Mutex<Option<Instant>>,
     /// Role gauges are reported only while leading (a follower's would be stale).
     leading: AtomicBool,
+    writes_skipped: Family<Labels, Counter>,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -108,6 +109,7 @@ impl Metrics {
             webhook_cert_expiry.clone(),
         );
         let election_success_age = Gauge::<f64, AtomicU64>::default();
+        let writes_skipped = Family::<Labels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -130,7 +132,7 @@ impl Metrics {
         );
         registry.register(
             "credentials_issued",
-            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, expiring)",
+            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, recreated, expiring)",
             credentials_issued.clone(),
         );
         registry.register(
@@ -158,6 +160,11 @@ impl Metrics {
             "Seconds since the leader election last completed a Lease call (0 without election)",
             election_success_age.clone(),
         );
+        registry.register(
+            "writes_skipped",
+            "STS calls and writes (secret, status, event, delete) not made, by reason (not-leader)",
+            writes_skipped.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -177,6 +184,7 @@ impl Metrics {
             election_success_age,
             election_last_success: Mutex::new(None),
             leading: AtomicBool::new(true),
+            writes_skipped,
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -220,6 +228,13 @@ impl Metrics {
     pub fn set_backoff(&self, objects: usize) {
         self.in_backoff
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an STS call or write (`what`: sts, secret, status, event, delete) not made.
+    pub fn write_skipped(&self, reason: &'static str, what: &'static str) {
+        self.writes_skipped
+            .get_or_create(&vec![("reason", reason), ("write", what)])
+            .inc();
     }
 
     /// Sets `kaic_leader`. Losing leadership also clears the role gauges (`kaic_awsiamroles`,

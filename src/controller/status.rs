@@ -33,6 +33,17 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The generation this outcome describes.
+    pub fn generation(&self) -> i64 {
+        match self {
+            Outcome::Ready { generation, .. }
+            | Outcome::NotReady { generation, .. }
+            | Outcome::Withdrawn { generation, .. } => *generation,
+        }
+    }
+}
+
 pub const READY: &str = "Ready";
 /// `True` while `--namespace-policy=audit` issues a role that `enforce` would deny.
 pub const POLICY_WOULD_DENY: &str = "PolicyWouldDeny";
@@ -64,6 +75,62 @@ pub fn bounded(message: &str) -> String {
         end -= 1;
     }
     format!("{}{MORE}", &clean[..end])
+}
+
+/// Normal or Warning Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// When an Event is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// Every time (credentials issued).
+    Always,
+    /// Only when the Ready condition's status or reason changes.
+    OnTransition,
+}
+
+/// An Event about one AWSIAMRole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub severity: Severity,
+    pub reason: &'static str,
+    pub message: String,
+    pub announce: Announce,
+}
+
+impl Note {
+    pub fn warning(reason: &'static str, message: String) -> Self {
+        Note {
+            severity: Severity::Warning,
+            reason,
+            message,
+            announce: Announce::OnTransition,
+        }
+    }
+}
+
+/// Whether the status stored now (`live_generation`, `live`) may be replaced by one computed
+/// for `generation`: not when the object has moved on to a newer generation (its own reconcile
+/// writes that one), and never so that `observedGeneration` goes backwards.
+pub fn may_write(
+    live_generation: Option<i64>,
+    live: Option<&AWSIAMRoleStatus>,
+    generation: i64,
+) -> bool {
+    let stored = live.and_then(|s| s.observed_generation).unwrap_or(0);
+    let conditions = live
+        .into_iter()
+        .flat_map(|s| s.conditions.iter())
+        .filter_map(|c| c.observed_generation)
+        .max()
+        .unwrap_or(0);
+    live_generation.unwrap_or(generation) <= generation
+        && stored <= generation
+        && conditions <= generation
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -195,6 +262,24 @@ pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_stored_generation_is_never_downgraded() {
+        let newer = next(
+            None,
+            &Outcome::NotReady {
+                reason: "AccessDenied",
+                message: "no".into(),
+                generation: 3,
+            },
+            at("2026-11-26T12:00:00Z"),
+        );
+        assert!(!may_write(Some(3), Some(&newer), 2), "object moved on");
+        assert!(!may_write(Some(2), Some(&newer), 2), "status is newer");
+        assert!(may_write(Some(3), Some(&newer), 3));
+        assert!(may_write(Some(4), Some(&newer), 4));
+        assert!(may_write(Some(1), None, 1));
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
