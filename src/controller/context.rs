@@ -186,7 +186,7 @@ impl Context {
         // `InvalidSpec` object), which is exactly the one that needs its status written.
         let patch = json!({
             "metadata": {"resourceVersion": live.resource_version()},
-            "status": next,
+            "status": status::merge_patch(current, &next),
         });
         let pp = PatchParams {
             field_manager: Some(MANAGER.into()),

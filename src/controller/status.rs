@@ -247,6 +247,26 @@ pub fn would_deny(status: Option<&AWSIAMRoleStatus>) -> bool {
     })
 }
 
+/// The JSON merge patch body for `status` that turns `current` into `next`: fields `next`
+/// drops (a withdrawal clears `roleARN` and `expiration`) are sent as `null`, since a merge
+/// patch leaves out fields alone. Pure.
+pub fn merge_patch(
+    current: Option<&AWSIAMRoleStatus>,
+    next: &AWSIAMRoleStatus,
+) -> serde_json::Value {
+    let mut patch = match serde_json::to_value(next) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(serde_json::Value::Object(old)) = current.and_then(|c| serde_json::to_value(c).ok())
+    {
+        for k in old.keys() {
+            patch.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::Value::Object(patch)
+}
+
 /// True when `next` leaves the condition's status or reason different from `current`:
 /// such transitions, and only those, get an Event.
 pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus) -> bool {
@@ -262,6 +282,29 @@ pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_withdrawal_clears_the_role_and_expiration_in_the_patch() {
+        let issued = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
+        let withdrawn = next(
+            Some(&issued),
+            &Outcome::Withdrawn {
+                reason: "RoleNotPermitted",
+                message: "no".into(),
+                generation: 2,
+            },
+            at("2026-11-26T12:10:00Z"),
+        );
+        let patch = merge_patch(Some(&issued), &withdrawn);
+        assert_eq!(patch["roleARN"], serde_json::Value::Null);
+        assert_eq!(patch["expiration"], serde_json::Value::Null);
+        assert!(patch.as_object().is_some_and(|m| m.contains_key("roleARN")));
+        assert_eq!(patch["conditions"][0]["reason"], "RoleNotPermitted");
+    }
 
     #[test]
     fn a_newer_stored_generation_is_never_downgraded() {
