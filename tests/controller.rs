@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use support::{data, role, run_controller, sts_issuer, test_settings, wait_for};
+use support::{data, role, run_controller, sts_issuer, test_settings, wait_for, wait_for_within};
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
 
@@ -434,7 +434,17 @@ async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
         .expect("create");
     let good = secret_where(&secrets, "flaky", |_| true).await;
     sts.throttle(&arn, true);
-    let r = ready_role(&roles, "flaky", "False", Some("Throttled")).await;
+    // Renewal is due about a minute after issue: a generous safety net on a loaded machine.
+    let r = wait_for_within(
+        "flaky Ready=False Throttled",
+        Duration::from_secs(300),
+        || async {
+            let r = roles.get("flaky").await.ok()?;
+            let c = r.ready_condition()?;
+            (c.status == "False" && c.reason == "Throttled").then_some(r)
+        },
+    )
+    .await;
     assert!(
         r.ready_condition()
             .expect("c")
@@ -453,8 +463,13 @@ async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
         "one failed call, retried later"
     );
     sts.throttle(&arn, false);
-    let renewed = secret_where(&secrets, "flaky", |s| {
-        data(s, "credentials.json") != data(&good, "credentials.json")
+    let renewed = wait_for_within("renewed credentials", Duration::from_secs(300), || async {
+        secrets
+            .get_opt("flaky")
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| data(s, "credentials.json") != data(&good, "credentials.json"))
     })
     .await;
     assert!(data(&renewed, "expire") > data(&good, "expire"));
