@@ -356,7 +356,10 @@ async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
     } = scene("denied").await;
     let arn = format!("{ARN_PREFIX}forbidden");
     sts.deny(&arn);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    // Permanent failures requeue after --max-backoff (spread over its upper fifth): 24 to 30 s.
+    let mut settings = test_settings();
+    settings.max_backoff = Duration::from_secs(30);
+    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
     roles
         .create(&PostParams::default(), &role("nope", "forbidden", 3600))
         .await
@@ -370,7 +373,7 @@ async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(secrets.get_opt("nope").await.expect("get").is_none());
-    // Permanent failures requeue at the slow rate (5 s in tests): 3 s later still one call.
+    // Permanent failures requeue at the slow rate: 3 s later still one call.
     assert_eq!(sts.assume_role_calls(&arn), 1);
     let evs = events(&client, &ns, "nope").await;
     assert_eq!(reasons(&evs, "GetCredentialsFailed"), 1);
