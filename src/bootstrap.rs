@@ -89,6 +89,7 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
             role_session_duration: args.session_duration,
             policy: None,
             policy_arns: Vec::new(),
+            invalid: None,
         },
     );
     if let Some(s) = &existing

@@ -2,7 +2,7 @@
 
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Default session length the Go controller's CRD uses.
 pub const DEFAULT_SESSION_SECONDS: i64 = 3600;
@@ -20,7 +20,9 @@ fn default_session_duration() -> i64 {
 /// An AWS IAM role whose credentials the controller keeps in a Secret of the same name.
 // NOTE: clippy reads the repeated `type_ = "string"` of the printcolumns as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+// NOTE: `Deserialize` of the spec is written by hand (below): it never fails, so one malformed
+// object cannot break the list/watch of all the others.
+#[derive(CustomResource, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "zalando.org",
     version = "v1",
@@ -80,6 +82,79 @@ pub struct AWSIAMRoleSpec {
         )
     )]
     pub policy_arns: Vec<String>,
+    /// Why the stored spec could not be read (a missing `roleReference`, a wrongly typed field):
+    /// the controller reports it as `InvalidSpec` instead of failing the whole watch.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub invalid: Option<String>,
+}
+
+/// The spec exactly as the schema describes it; decoding it may fail.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StrictSpec {
+    role_reference: String,
+    #[serde(default = "default_session_duration")]
+    role_session_duration: i64,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default, rename = "policyARNs")]
+    policy_arns: Vec<String>,
+}
+
+/// Longest decoding error kept in `invalid` (it ends up in status and an Event).
+const MAX_INVALID_MESSAGE: usize = 200;
+
+impl AWSIAMRoleSpec {
+    /// Decodes a stored spec; never fails. A spec the schema would reject (objects written
+    /// under the Go controller's CRD, which did not require `roleReference`) comes back with
+    /// `invalid` set and whatever `roleReference` could be read.
+    pub fn lenient(value: Option<serde_json::Value>) -> Self {
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            return Self::invalid("spec is missing".into(), None);
+        };
+        match serde_json::from_value::<StrictSpec>(value.clone()) {
+            Ok(s) => AWSIAMRoleSpec {
+                role_reference: s.role_reference,
+                role_session_duration: s.role_session_duration,
+                policy: s.policy,
+                policy_arns: s.policy_arns,
+                invalid: None,
+            },
+            Err(e) => {
+                let mut message = e.to_string();
+                if message.len() > MAX_INVALID_MESSAGE {
+                    let mut cut = MAX_INVALID_MESSAGE;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                }
+                let reference = value
+                    .get("roleReference")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string);
+                Self::invalid(message, reference)
+            }
+        }
+    }
+
+    fn invalid(message: String, role_reference: Option<String>) -> Self {
+        AWSIAMRoleSpec {
+            role_reference: role_reference.unwrap_or_default(),
+            role_session_duration: DEFAULT_SESSION_SECONDS,
+            policy: None,
+            policy_arns: Vec::new(),
+            invalid: Some(message),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AWSIAMRoleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `Option` so that a missing or null `spec` decodes too.
+        Ok(Self::lenient(Option::<serde_json::Value>::deserialize(d)?))
+    }
 }
 
 /// What the controller last did for this role.
@@ -192,5 +267,39 @@ mod tests {
         .expect("new spec");
         assert_eq!(new.role_session_duration, 3600);
         assert_eq!(new.policy_arns.len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_object_decodes_with_the_reason_instead_of_failing() {
+        let missing: AWSIAMRole = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+            "metadata": {"name": "old", "namespace": "ns"},
+            "spec": {"roleSessionDuration": 3600}
+        }))
+        .expect("decodes");
+        assert!(
+            missing
+                .spec
+                .invalid
+                .as_deref()
+                .is_some_and(|m| m.contains("roleReference"))
+        );
+        let typed: AWSIAMRole = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+            "metadata": {"name": "typed", "namespace": "ns"},
+            "spec": {"roleReference": "app", "roleSessionDuration": "an hour"}
+        }))
+        .expect("decodes");
+        assert_eq!(typed.spec.role_reference, "app");
+        assert!(typed.spec.invalid.is_some());
+        let specless: AWSIAMRole = serde_json::from_value(serde_json::json!({
+            "apiVersion": "zalando.org/v1", "kind": "AWSIAMRole",
+            "metadata": {"name": "bare", "namespace": "ns"}
+        }))
+        .expect("decodes");
+        assert_eq!(specless.spec.invalid.as_deref(), Some("spec is missing"));
+        let good: AWSIAMRoleSpec =
+            serde_json::from_str(r#"{"roleReference":"app"}"#).expect("spec");
+        assert_eq!(good.invalid, None);
     }
 }

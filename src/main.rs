@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -23,7 +22,7 @@ use kube_aws_iam_controller::controller::leader::{
 };
 use kube_aws_iam_controller::controller::learned::Learned;
 use kube_aws_iam_controller::controller::policy::{PolicyContext, learn_identity};
-use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
+use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, Wiring};
 use kube_aws_iam_controller::metrics::Metrics;
 use kube_aws_iam_controller::policy::Guard;
 use kube_aws_iam_controller::{Error, Result};
@@ -228,26 +227,25 @@ async fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    let reporter = Reporter {
-        controller: "kube-aws-iam-controller".into(),
-        instance: Some(identity),
+    let settings = Settings {
+        refresh_limit: args.controller.refresh_limit,
+        backoff_base: args.controller.backoff_base,
+        max_backoff: args.controller.max_backoff,
+        sts_options: args.sts.options(),
+        ..Settings::default()
     };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+    let ctx = Arc::new(Context::new(
         client,
         issuer,
-        settings: Settings {
-            refresh_limit: args.controller.refresh_limit,
-            backoff_base: args.controller.backoff_base,
-            max_backoff: args.controller.max_backoff,
-            sts_options: args.sts.options(),
+        settings,
+        Wiring {
+            metrics,
+            leader: leadership,
+            policy: PolicyContext::new(args.policy.namespace_policy, Some(own), None),
+            learned,
+            instance: identity,
         },
-        metrics,
-        backoff: Backoff::default(),
-        leader: leadership,
-        policy: PolicyContext::new(args.policy.namespace_policy, Some(own), None),
-        learned,
-    });
+    ));
     // --- admission webhook (src/webhook/, docs/webhook.md): every replica serves admissions,
     // only the leader rotates the certificate.
     let _webhook = if args.webhook.webhook {

@@ -42,6 +42,7 @@ pub struct Metrics {
     leading: AtomicBool,
     watch_expired: Family<Labels, Counter>,
     watch_relists: Family<Labels, Counter>,
+    writes_skipped: Family<Labels, Counter>,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -112,6 +113,7 @@ impl Metrics {
         let election_success_age = Gauge::<f64, AtomicU64>::default();
         let watch_expired = Family::<Labels, Counter>::default();
         let watch_relists = Family::<Labels, Counter>::default();
+        let writes_skipped = Family::<Labels, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -134,7 +136,7 @@ impl Metrics {
         );
         registry.register(
             "credentials_issued",
-            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, expiring)",
+            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, recreated, expiring)",
             credentials_issued.clone(),
         );
         registry.register(
@@ -172,6 +174,11 @@ impl Metrics {
             "Lists after the first, by resource: the watch cache was rebuilt",
             watch_relists.clone(),
         );
+        registry.register(
+            "writes_skipped",
+            "STS calls and writes (secret, status, event, delete) not made, by reason (not-leader)",
+            writes_skipped.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -193,6 +200,7 @@ impl Metrics {
             leading: AtomicBool::new(true),
             watch_expired,
             watch_relists,
+            writes_skipped,
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -236,6 +244,13 @@ impl Metrics {
     pub fn set_backoff(&self, objects: usize) {
         self.in_backoff
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an STS call or write (`what`: sts, secret, status, event, delete) not made.
+    pub fn write_skipped(&self, reason: &'static str, what: &'static str) {
+        self.writes_skipped
+            .get_or_create(&vec![("reason", reason), ("write", what)])
+            .inc();
     }
 
     /// Sets `kaic_leader`. Losing leadership also clears the role gauges (`kaic_awsiamroles`,

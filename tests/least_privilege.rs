@@ -78,6 +78,7 @@ const SERVED: &[(&str, &str, &str, &str)] = &[
     ("zalando.org", "awsiamroles", "*", "watch"),
     ("zalando.org", "awsiamroles/status", "*", "get"),
     ("zalando.org", "awsiamroles/status", "*", "patch"),
+    ("zalando.org", "awsiamroles/finalizers", "*", "update"),
     ("", "secrets", "*", "get"),
     ("", "secrets", "*", "list"),
     ("", "secrets", "*", "watch"),

@@ -399,6 +399,7 @@ async fn sigterm_releases_the_lease_only_after_in_flight_reconciles_finished() {
         ns,
         roles,
         secrets,
+        ..
     } = scene("drain").await;
     let sts = StsDouble::start().await;
     let arn = format!("{ARN_PREFIX}slow");

@@ -130,6 +130,7 @@ async fn tags_are_transitive_only_when_asked_and_nothing_is_sent_by_default() {
         ns,
         roles,
         secrets,
+        ..
     } = scene("transitive").await;
     let sts = StsDouble::start().await;
     let bin = start_binary(
@@ -413,6 +414,7 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
         ns,
         roles,
         secrets,
+        ..
     } = scene("optsmoto").await;
     let mut settings = test_settings();
     settings.sts_options = StsOptions {

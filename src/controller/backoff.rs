@@ -29,6 +29,14 @@ impl Backoff {
         *n
     }
 
+    /// Consecutive failures of `key` so far.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .map(|m| m.get(key).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     pub fn reset(&self, key: &str) {
         if let Ok(mut m) = self.failures.lock() {
             m.remove(key);

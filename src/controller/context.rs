@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -13,7 +13,7 @@ use tracing::warn;
 use super::backoff::Backoff;
 use super::leader::Leadership;
 use super::learned::Learned;
-use super::status::{self, Outcome};
+use super::status::{self, Announce, Note, Outcome, Severity};
 use crate::aws::options::StsOptions;
 use crate::aws::{BaseRoleArn, CredentialIssuer};
 use crate::crd::AWSIAMRole;
@@ -25,14 +25,17 @@ pub const MANAGER: &str = "kube-aws-iam-controller";
 /// Tunables of the reconcile loop.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Renew this long before expiry (at most half the session).
+    /// Renew this long before expiry (at most half the credentials' lifetime).
     pub refresh_limit: Duration,
-    /// First retry delay after a transient failure.
+    /// First retry delay after a transient failure; also the shortest requeue.
     pub backoff_base: Duration,
     /// Longest retry delay; also the requeue for permanent failures.
     pub max_backoff: Duration,
     /// Session tags, source identity, external id, and the role-chaining cap.
     pub sts_options: StsOptions,
+    /// How long a labelled Secret without any owner reference and without an AWSIAMRole of its
+    /// name is left alone before the janitor removes it (a seed Secret written ahead of its role).
+    pub orphan_grace: Duration,
 }
 
 impl Default for Settings {
@@ -42,8 +45,16 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(5),
             max_backoff: Duration::from_secs(300),
             sts_options: StsOptions::default(),
+            orphan_grace: Duration::from_secs(10 * 60),
         }
     }
+}
+
+/// Whether a status write changed the Ready condition's status or reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Changed,
+    Unchanged,
 }
 
 pub struct Context {
@@ -61,91 +72,158 @@ pub struct Context {
     pub learned: Arc<Learned>,
 }
 
+/// What a [`Context`] is wired to besides the API server, STS and the settings.
+pub struct Wiring {
+    pub metrics: Arc<Metrics>,
+    pub leader: Leadership,
+    /// Who may get which role.
+    pub policy: super::policy::PolicyContext,
+    pub learned: Arc<Learned>,
+    /// Names this replica in the Events it publishes.
+    pub instance: String,
+}
+
 impl Context {
+    /// The one constructor, for `main.rs` and the tests alike.
+    pub fn new(
+        client: Client,
+        issuer: Arc<dyn CredentialIssuer>,
+        settings: Settings,
+        wiring: Wiring,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(wiring.instance),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            issuer,
+            settings,
+            metrics: wiring.metrics,
+            backoff: Backoff::default(),
+            leader: wiring.leader,
+            policy: wiring.policy,
+            learned: wiring.learned,
+        }
+    }
+
     /// True while this replica holds an unexpired leadership claim (by the local monotonic
-    /// clock). Check it right before each STS call and each write.
+    /// clock). The one leadership gate: checked right before each STS call and each write.
     pub fn is_leader(&self) -> bool {
         self.leader.is_leader()
     }
 
+    /// True when this replica may make the write (or STS call) `what` now; otherwise the
+    /// skipped write is counted.
+    pub fn may_write(&self, what: &'static str) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        self.metrics.write_skipped("not-leader", what);
+        false
+    }
+
     /// The prefix for bare role names: `--base-role-arn`, or what discovery found (`None`
-    /// while discovery still runs, or when it found none).
+    /// while discovery still runs, or when it found none). The one place it is read.
     pub fn base_role_arn(&self) -> Option<BaseRoleArn> {
         self.learned.base_role_arn()
     }
-}
 
-/// An Event to publish on a status transition.
-pub struct Note {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Context {
-    /// Writes the status for `outcome` if it differs from the current one, and publishes
-    /// `note` (always for `force_event`, otherwise only when the Ready condition transitions).
-    pub async fn report(
+    /// Writes the status for `outcome`, computed from the object it patches (read live) and
+    /// only when it changes something; never for an object that moved on to a newer
+    /// generation. The patch carries the live resourceVersion: a change in between is a
+    /// conflict, retried with backoff.
+    pub async fn write_status(
         &self,
         role: &AWSIAMRole,
-        outcome: Outcome,
-        note: Option<Note>,
-        force_event: bool,
-    ) -> Result<(), kube::Error> {
-        let current = role.status.as_ref();
-        let next = status::next(current, &outcome, Utc::now());
-        let transition = status::is_transition(current, &next);
+        outcome: &Outcome,
+    ) -> Result<Transition, kube::Error> {
+        let now = Utc::now();
+        let cached = role.status.as_ref();
         let key = format!(
             "{}/{}",
             role.namespace().unwrap_or_default(),
             role.name_any()
         );
-        let expiry = next
-            .expiration
-            .as_deref()
-            .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-            .map(|t| t.timestamp());
+        let expiry = match outcome {
+            Outcome::Ready { expiration, .. } => Some(expiration.timestamp()),
+            Outcome::Withdrawn { .. } => None,
+            Outcome::NotReady { .. } => cached
+                .and_then(|s| s.expiration.as_deref())
+                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+                .map(|t| t.timestamp()),
+        };
         self.metrics
             .role_state(&key, matches!(outcome, Outcome::Ready { .. }), expiry);
-        if current != Some(&next) {
-            let api: Api<AWSIAMRole> =
-                Api::namespaced(self.client.clone(), &role.namespace().unwrap_or_default());
-            let patch = json!({
-                "apiVersion": "zalando.org/v1",
-                "kind": "AWSIAMRole",
-                "status": next,
-            });
-            api.patch_status(
-                &role.name_any(),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
+        if cached == Some(&status::next(cached, outcome, now)) {
+            return Ok(Transition::Unchanged);
+        }
+        let api: Api<AWSIAMRole> =
+            Api::namespaced(self.client.clone(), &role.namespace().unwrap_or_default());
+        let Some(live) = api.get_opt(&role.name_any()).await? else {
+            return Ok(Transition::Unchanged);
+        };
+        if live.uid() != role.uid()
+            || !status::may_write(
+                live.meta().generation,
+                live.status.as_ref(),
+                outcome.generation(),
             )
-            .await?;
-        }
-        if let Some(note) = note
-            && (force_event || transition)
         {
-            self.event(role, note).await;
+            return Ok(Transition::Unchanged);
         }
-        Ok(())
+        let current = live.status.as_ref();
+        let next = status::next(current, outcome, now);
+        if current == Some(&next) {
+            return Ok(Transition::Unchanged);
+        }
+        if !self.may_write("status") {
+            return Ok(Transition::Unchanged);
+        }
+        // NOTE: a JSON merge patch, not server-side apply: apply must type the stored object
+        // against the schema and fails (500) on one whose spec does not match it (an
+        // `InvalidSpec` object), which is exactly the one that needs its status written.
+        let patch = json!({
+            "metadata": {"resourceVersion": live.resource_version()},
+            "status": status::merge_patch(current, &next),
+        });
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        api.patch_status(&role.name_any(), &pp, &Patch::Merge(&patch))
+            .await?;
+        Ok(if status::is_transition(current, &next) {
+            Transition::Changed
+        } else {
+            Transition::Unchanged
+        })
+    }
+
+    /// Publishes `note` if its policy says so for `transition`; a failure to publish is
+    /// logged, never fatal.
+    pub async fn announce(&self, role: &AWSIAMRole, note: Note, transition: Transition) {
+        if note.announce == Announce::OnTransition && transition == Transition::Unchanged {
+            return;
+        }
+        self.event(role, note).await;
     }
 
     /// Publishes an Event; a failure to do so is logged, never fatal.
     pub async fn event(&self, role: &AWSIAMRole, note: Note) {
+        if !self.may_write("event") {
+            return;
+        }
+        let (type_, action) = match note.severity {
+            Severity::Warning => (EventType::Warning, "Reconcile"),
+            Severity::Normal => (EventType::Normal, "IssueCredentials"),
+        };
         let ev = Event {
-            type_: if note.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_,
             reason: note.reason.into(),
             note: Some(status::bounded(&note.message)),
-            action: if note.warning {
-                "Reconcile"
-            } else {
-                "IssueCredentials"
-            }
-            .into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &role.object_ref(&())).await {

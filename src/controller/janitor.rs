@@ -1,10 +1,13 @@
-//! Removes labelled Secrets whose AWSIAMRole is gone. Works from the watch caches alone, so it
-//! costs no API calls unless there is something to delete, and it does not depend on the
-//! Kubernetes garbage collector (the owner reference covers clusters that run one).
+//! Removes labelled Secrets whose AWSIAMRole is gone. Finds candidates in the watch caches (no
+//! API calls unless there is something to delete), and confirms each with a live read of the
+//! AWSIAMRole before deleting, so a stale cache never deletes a Secret. It does not depend on
+//! the Kubernetes garbage collector (the owner reference covers clusters that run one).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Preconditions};
@@ -15,21 +18,33 @@ use tracing::{info, warn};
 use super::context::Context;
 use crate::crd::AWSIAMRole;
 
-/// The labelled Secrets to delete: no AWSIAMRole of their name exists any more, and they carry
-/// no owner reference other than to an AWSIAMRole. Pure.
+/// The labelled Secrets that may be orphans: no AWSIAMRole of their name is in the cache, they
+/// carry no owner reference other than to an AWSIAMRole, and, when they carry none at all
+/// (a seed Secret written ahead of its role), they are older than `grace`. Pure.
 pub fn orphans(
     roles: &HashSet<(String, String)>,
     secrets: &[Arc<PartialObjectMeta<Secret>>],
+    now: DateTime<Utc>,
+    grace: Duration,
 ) -> Vec<Arc<PartialObjectMeta<Secret>>> {
+    let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     secrets
         .iter()
         .filter(|s| {
             let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let only_role_owners = s
-                .owner_references()
+            let owners = s.owner_references();
+            let only_role_owners = owners
                 .iter()
                 .all(|o| o.kind == "AWSIAMRole" && o.api_version.starts_with("zalando.org/"));
-            s.meta().deletion_timestamp.is_none() && !roles.contains(&key) && only_role_owners
+            let past_grace = !owners.is_empty()
+                || s.meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| now.timestamp() - t.0.as_second() >= grace.num_seconds());
+            s.meta().deletion_timestamp.is_none()
+                && !roles.contains(&key)
+                && only_role_owners
+                && past_grace
         })
         .cloned()
         .collect()
@@ -47,9 +62,29 @@ pub async fn sweep(
         .iter()
         .map(|r| (r.namespace().unwrap_or_default(), r.name_any()))
         .collect();
-    for secret in orphans(&role_keys, &secrets.state()) {
+    let candidates = orphans(
+        &role_keys,
+        &secrets.state(),
+        Utc::now(),
+        ctx.settings.orphan_grace,
+    );
+    for secret in candidates {
         let ns = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
+        // The cache may lag: only the API server's word that no AWSIAMRole of this name
+        // exists (none at all, whatever its UID: a re-created one takes its Secret over) counts.
+        let live: Api<AWSIAMRole> = Api::namespaced(ctx.client.clone(), &ns);
+        match live.get_opt(&name).await {
+            Ok(None) => {}
+            Ok(Some(_)) => continue,
+            Err(e) => {
+                warn!(namespace = ns, name, error = %e, "could not confirm the AWSIAMRole is gone");
+                continue;
+            }
+        }
+        if !ctx.may_write("delete") {
+            return;
+        }
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
@@ -99,12 +134,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc)
+    }
 
     fn secret(name: &str, owner_kind: Option<&str>) -> Arc<PartialObjectMeta<Secret>> {
         let mut meta = ObjectMeta {
             name: Some(name.into()),
             namespace: Some("ns".into()),
+            creation_timestamp: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(now().timestamp() - 60).expect("time"),
+            )),
             ..ObjectMeta::default()
         };
         if let Some(kind) = owner_kind {
@@ -137,7 +181,14 @@ mod tests {
             secret("seed-gone", None),
             secret("someone-elses", Some("Deployment")),
         ];
-        let names: Vec<String> = orphans(&roles, &all).iter().map(|s| s.name_any()).collect();
-        assert_eq!(names, vec!["gone".to_string(), "seed-gone".to_string()]);
+        let names = |grace: u64| -> Vec<String> {
+            orphans(&roles, &all, now(), Duration::from_secs(grace))
+                .iter()
+                .map(|s| s.name_any())
+                .collect()
+        };
+        assert_eq!(names(30), vec!["gone".to_string(), "seed-gone".to_string()]);
+        // A Secret without any owner is a seed written ahead of its role: it gets a grace period.
+        assert_eq!(names(600), vec!["gone".to_string()]);
     }
 }

@@ -136,6 +136,18 @@ impl Leadership {
         }
     }
 
+    /// Leadership that follows `claim` (for the reconcile tests in `fixtures.rs`).
+    #[cfg(test)]
+    pub fn following(claim: watch::Receiver<Option<Claim>>) -> Self {
+        Leadership {
+            claim,
+            health: Arc::new(Health {
+                heartbeat: Mutex::new(Instant::now()),
+                wedged_after: None,
+            }),
+        }
+    }
+
     /// True while this replica holds an unexpired claim: THE gate right before each STS call
     /// and each write.
     pub fn is_leader(&self) -> bool {

@@ -2,6 +2,8 @@
 
 pub mod backoff;
 pub mod context;
+#[cfg(test)]
+pub mod fixtures;
 pub mod janitor;
 pub mod leader;
 pub mod learned;
@@ -26,7 +28,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use context::{Context, Settings};
+pub use context::{Context, Settings, Wiring};
 
 use crate::crd::AWSIAMRole;
 

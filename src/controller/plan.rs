@@ -1,10 +1,25 @@
-//! Deciding what to do for one AWSIAMRole and when to look again. Pure: data in, decision out.
+//! What one reconcile of one AWSIAMRole does, and when it looks again. Pure: the observed facts
+//! in ([`Observed`]), the whole plan out ([`Plan`]): the STS request or none, the Secret to
+//! write, the status, the Event and the requeue.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
 
-use super::secret::Stored;
+use super::backoff;
+use super::context::Settings;
+use super::policy::Judgement;
+use super::secret::{self, Content, Issuance, Ownership, Stored};
+use super::status::{self, Announce, Note, Outcome, Severity};
+use crate::aws::arn::{self, BaseRoleArn, RoleArn};
+use crate::aws::options::SessionLength;
+use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
+use crate::crd::AWSIAMRole;
+use crate::metrics::PolicyState;
+use crate::policy::{Denial, Verdict};
 
 /// Why new credentials are needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,8 +28,10 @@ pub enum IssueReason {
     Missing,
     /// The Secret's content cannot be read back (edited or damaged).
     Unreadable,
-    /// The AWSIAMRole changed (new generation or a different role ARN).
+    /// The request changed: role ARN, session length, policies or session options.
     SpecChanged,
+    /// The credentials were issued for an earlier AWSIAMRole of the same name.
+    Recreated,
     /// The credentials are inside the refresh window.
     Expiring,
 }
@@ -25,69 +42,584 @@ impl IssueReason {
             IssueReason::Missing => "missing",
             IssueReason::Unreadable => "unreadable",
             IssueReason::SpecChanged => "spec-changed",
+            IssueReason::Recreated => "recreated",
             IssueReason::Expiring => "expiring",
         }
     }
 }
 
-/// The decision for one reconcile.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Call STS.
-    Issue(IssueReason),
-    /// The stored credentials are good until `refresh_at`.
-    Keep { refresh_at: DateTime<Utc> },
+/// Everything one reconcile knows before it decides.
+pub struct Observed<'a> {
+    /// The AWSIAMRole as the watch delivered it.
+    pub role: &'a AWSIAMRole,
+    /// The Secret of the same name, read live.
+    pub secret: Option<&'a Secret>,
+    pub now: DateTime<Utc>,
+    pub settings: &'a Settings,
+    /// The prefix for bare role names, if known.
+    pub base_role_arn: Option<&'a BaseRoleArn>,
+    /// Consecutive failures of this object so far.
+    pub failures: u32,
+    /// 0.0 to 1.0: spreads requeues of many objects.
+    pub jitter: f64,
+    /// The namespace role policy's judgement of a role ARN (it reads the watched Namespaces).
+    pub policy: &'a (dyn Fn(&RoleArn) -> Judgement + Sync),
+    /// STS treats the controller's credentials as a role session: sessions are capped at 1 h.
+    pub chained: bool,
+}
+
+/// When to look at the object again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// All is well (or failing in a way retries cannot fix soon): look again after this long.
+    After(Duration),
+    /// A failure that may pass: counted, and retried after this (growing) delay.
+    Backoff(Duration),
+    /// Nothing changes until the object does.
+    AwaitChange,
+}
+
+/// What to write, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Writes {
+    /// The whole Secret to create (no Secret observed) or replace (with the observed
+    /// resourceVersion).
+    pub secret: Option<Secret>,
+    pub status: Option<Outcome>,
+    pub events: Vec<Note>,
+    pub requeue: Requeue,
+    /// Set when `secret` holds newly issued credentials.
+    pub issued: Option<IssueReason>,
+    /// How the namespace role policy judged the role, for its gauges.
+    pub policy: Option<PolicyState>,
+}
+
+impl Writes {
+    fn nothing(requeue: Requeue) -> Self {
+        Writes {
+            secret: None,
+            status: None,
+            events: Vec::new(),
+            requeue,
+            issued: None,
+            policy: None,
+        }
+    }
+}
+
+/// The plan of one reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// No STS call.
+    Write(Writes),
+    /// Call STS; [`resolve`] turns the answer into the writes.
+    Issue(Issue),
+}
+
+/// An STS call to make, and what resolving its answer needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Issue {
+    pub request: IssueRequest,
+    pub reason: IssueReason,
+    pub length: SessionLength,
+    role_arn: String,
+    request_hash: String,
+    stored: Option<Stored>,
+    /// `--namespace-policy=audit`: what `enforce` would deny.
+    would_deny: Option<Denial>,
 }
 
 /// How long before expiry credentials are renewed: `refresh_limit`, but never more than half
-/// the session, so short sessions are renewed at half-life instead of on every reconcile.
-pub fn refresh_window(session_seconds: i64, refresh_limit: Duration) -> chrono::Duration {
-    let half = chrono::Duration::seconds(session_seconds.max(1) / 2);
-    let limit = chrono::Duration::from_std(refresh_limit).unwrap_or(chrono::Duration::MAX);
-    limit.min(half)
-}
-
-/// Decides whether the stored credentials can stay.
-pub fn decide(
-    desired_arn: &str,
-    generation: i64,
-    session_seconds: i64,
-    stored: Option<&Stored>,
-    secret_exists: bool,
-    now: DateTime<Utc>,
+/// of the credentials' real lifetime (from issue to expiry), so credentials that live shorter
+/// than asked (a role's lower maximum, an STS-compatible server, clock skew) are renewed at
+/// half-life instead of on every reconcile. The one place the refresh point is computed.
+pub fn refresh_at(
+    issued_at: DateTime<Utc>,
+    expiration: DateTime<Utc>,
     refresh_limit: Duration,
-) -> Decision {
-    let Some(stored) = stored else {
-        return Decision::Issue(if secret_exists {
-            IssueReason::Unreadable
-        } else {
-            IssueReason::Missing
-        });
-    };
-    if stored.generation != generation || stored.role_arn != desired_arn {
-        return Decision::Issue(IssueReason::SpecChanged);
-    }
-    let refresh_at = stored.credentials.expiration - refresh_window(session_seconds, refresh_limit);
-    if now >= refresh_at {
-        Decision::Issue(IssueReason::Expiring)
-    } else {
-        Decision::Keep { refresh_at }
-    }
+) -> DateTime<Utc> {
+    let lifetime = (expiration - issued_at).max(chrono::Duration::zero());
+    let limit = chrono::Duration::from_std(refresh_limit).unwrap_or(chrono::Duration::MAX);
+    expiration - limit.min(lifetime / 2)
 }
 
 /// When to reconcile again for credentials that refresh at `refresh_at`: that moment brought
 /// forward by `jitter` (0.0 to 1.0) of a tenth of the time left, so a fleet issued at the same
-/// moment does not renew in the same second. At least one second.
-pub fn requeue_after(refresh_at: DateTime<Utc>, now: DateTime<Utc>, jitter: f64) -> Duration {
+/// moment does not renew in the same second. Never sooner than `floor` (the backoff base).
+pub fn requeue_after(
+    refresh_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    jitter: f64,
+    floor: Duration,
+) -> Duration {
     let left = (refresh_at - now).to_std().unwrap_or_default();
     let spread = left.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
-    (left - spread).max(Duration::from_secs(1))
+    (left - spread).max(floor)
+}
+
+/// The requeue after a failure retrying will not fix (access denied, a name conflict): the
+/// longest backoff, spread by `jitter` over its upper fifth.
+pub fn slow_requeue(settings: &Settings, jitter: f64) -> Duration {
+    settings
+        .max_backoff
+        .mul_f64(0.8 + 0.2 * jitter.clamp(0.0, 1.0))
+        .max(settings.backoff_base)
+}
+
+fn backoff(obs: &Observed<'_>) -> Duration {
+    backoff::delay(
+        obs.failures.saturating_add(1),
+        obs.settings.backoff_base,
+        obs.settings.max_backoff,
+        obs.jitter,
+    )
+    .max(obs.settings.backoff_base)
+}
+
+/// A hash of everything an `AssumeRole` request asks for, except the session length STS may
+/// cap (role chaining): the role, `spec.roleSessionDuration`, policies and session options.
+pub fn request_hash(request: &IssueRequest, requested_seconds: i64) -> String {
+    let RequestOptions {
+        tags,
+        transitive_tag_keys,
+        source_identity,
+        external_id,
+        policy,
+        policy_arns,
+    } = &request.options;
+    let canonical = serde_json::json!({
+        "roleArn": request.role_arn.to_string(),
+        "sessionName": request.session_name,
+        "durationSeconds": requested_seconds,
+        "tags": tags.iter().map(|t| [&t.key, &t.value]).collect::<Vec<_>>(),
+        "transitiveTagKeys": transitive_tag_keys,
+        "sourceIdentity": source_identity,
+        "externalId": external_id,
+        "policy": policy,
+        "policyArns": policy_arns,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn not_ready(obs: &Observed<'_>, reason: &'static str, message: String, requeue: Requeue) -> Plan {
+    Plan::Write(Writes {
+        status: Some(Outcome::NotReady {
+            reason,
+            message: message.clone(),
+            generation: generation(obs.role),
+        }),
+        events: vec![Note::warning(reason, message)],
+        ..Writes::nothing(requeue)
+    })
+}
+
+/// The namespace role policy refuses the role: no STS call, credentials already in the Secret
+/// withdrawn, status and a Warning Event say why.
+fn deny(obs: &Observed<'_>, role_arn: &str, denial: Denial) -> Plan {
+    let mut message = denial.message;
+    if obs.secret.is_some() {
+        message.push_str("; the Secret holds no credentials");
+    }
+    let secret = obs
+        .secret
+        .filter(|s| secret::holds_credentials(s))
+        .map(|s| {
+            secret::desired(
+                Some(s),
+                obs.role,
+                role_arn,
+                Content::Withdrawn { issuance: None },
+            )
+        });
+    Plan::Write(Writes {
+        secret,
+        status: Some(Outcome::Withdrawn {
+            reason: "RoleNotPermitted",
+            message: message.clone(),
+            generation: generation(obs.role),
+        }),
+        events: vec![Note::warning("RoleNotPermitted", message)],
+        policy: Some(PolicyState::Denied),
+        ..Writes::nothing(Requeue::After(slow_requeue(obs.settings, obs.jitter)))
+    })
+}
+
+/// Audit mode: the Event saying what `enforce` would deny, once (while the status does not
+/// say so already).
+fn would_deny_note(obs: &Observed<'_>, would_deny: Option<&Denial>) -> Option<Note> {
+    let denial = would_deny?;
+    (!status::would_deny(obs.role.status.as_ref())).then(|| Note {
+        severity: Severity::Warning,
+        reason: "PolicyWouldDeny",
+        message: format!("{denial}; issued because --namespace-policy=audit"),
+        announce: Announce::Always,
+    })
+}
+
+fn policy_state(would_deny: Option<&Denial>) -> PolicyState {
+    match would_deny {
+        Some(_) => PolicyState::WouldDeny,
+        None => PolicyState::Permitted,
+    }
+}
+
+fn generation(role: &AWSIAMRole) -> i64 {
+    role.meta().generation.unwrap_or_default()
+}
+
+fn ready(
+    role_arn: &str,
+    expiration: DateTime<Utc>,
+    generation: i64,
+    length: SessionLength,
+    would_deny: Option<&Denial>,
+) -> Outcome {
+    Outcome::Ready {
+        role_arn: role_arn.to_string(),
+        expiration,
+        generation,
+        message: status::ready_message(role_arn, expiration, length),
+        would_deny: would_deny.map(|d| d.message.clone()),
+    }
+}
+
+/// Whether the stored credentials are the ones the role asks for now.
+fn judge(obs: &Observed<'_>, stored: &Stored, role_arn: &str, hash: &str) -> Option<IssueReason> {
+    let uid = obs.role.meta().uid.as_deref().unwrap_or_default();
+    match &stored.issuance {
+        Some(i) if i.owner_uid != uid => Some(IssueReason::Recreated),
+        Some(i) if i.request_hash != hash => Some(IssueReason::SpecChanged),
+        Some(_) => None,
+        // Written by the Go controller or an earlier version: judged as the Go controller did
+        // (generation and role ARN), and by the owner reference.
+        None => {
+            // No owner at all: a seed Secret written to be adopted.
+            let owned = obs.secret.is_some_and(|s| {
+                s.owner_references().is_empty() || s.owner_references().iter().any(|o| o.uid == uid)
+            });
+            if !owned {
+                Some(IssueReason::Recreated)
+            } else if stored.generation != generation(obs.role) || stored.role_arn != role_arn {
+                Some(IssueReason::SpecChanged)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Decides the whole reconcile from what was observed.
+pub fn decide(obs: &Observed<'_>) -> Plan {
+    let role = obs.role;
+    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+    if role.meta().deletion_timestamp.is_some() {
+        return Plan::Write(Writes::nothing(Requeue::AwaitChange));
+    }
+    if let Some(problem) = &role.spec.invalid {
+        return not_ready(
+            obs,
+            "InvalidSpec",
+            format!("the AWSIAMRole's spec cannot be read: {problem}"),
+            Requeue::AwaitChange,
+        );
+    }
+    if obs
+        .secret
+        .is_some_and(|s| secret::ownership(s, role) == Ownership::Foreign)
+    {
+        return not_ready(
+            obs,
+            "SecretConflict",
+            format!(
+                "Secret {ns}/{name} exists and is not managed by kube-aws-iam-controller; it is left untouched. Rename the AWSIAMRole or remove the Secret."
+            ),
+            Requeue::After(slow_requeue(obs.settings, obs.jitter)),
+        );
+    }
+    let arn = match arn::resolve(&role.spec.role_reference, obs.base_role_arn) {
+        Ok(arn) => arn,
+        Err(e) => {
+            return not_ready(
+                obs,
+                "InvalidRoleReference",
+                e.to_string(),
+                Requeue::AwaitChange,
+            );
+        }
+    };
+    let would_deny = match (obs.policy)(&arn) {
+        Judgement::Pending(_) => {
+            return Plan::Write(Writes::nothing(Requeue::After(obs.settings.backoff_base)));
+        }
+        Judgement::Verdict(Verdict::Denied(denial)) => return deny(obs, &arn.to_string(), denial),
+        Judgement::Verdict(Verdict::WouldDeny(denial)) => Some(denial),
+        Judgement::Verdict(Verdict::Permitted) => None,
+    };
+    let sts_options = &obs.settings.sts_options;
+    let options = match sts_options.request(
+        &ns,
+        &name,
+        role.spec.policy.as_deref(),
+        &role.spec.policy_arns,
+        &arn.partition,
+    ) {
+        Ok(options) => options,
+        Err(e) => return not_ready(obs, e.reason(), e.to_string(), Requeue::AwaitChange),
+    };
+    let length = SessionLength::new(role.spec.role_session_duration, obs.chained);
+    let role_arn = arn.to_string();
+    let request = IssueRequest {
+        role_arn: arn,
+        session_name: arn::session_name(&ns, &name),
+        duration_seconds: length.seconds,
+        options,
+    };
+    let request_hash = request_hash(&request, length.requested);
+    let stored = obs.secret.and_then(secret::read);
+    // Credentials withdrawn after STS refused this very request: asked again only after the
+    // slow requeue, not on the watch event of the withdrawal itself.
+    if let Some(w) = obs.secret.and_then(secret::withdrawn) {
+        let uid = role.meta().uid.as_deref().unwrap_or_default();
+        let retry_at = w.issued_at
+            + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
+        if w.owner_uid == uid && w.request_hash == request_hash && obs.now < retry_at {
+            let wait = (retry_at - obs.now).to_std().unwrap_or_default();
+            return Plan::Write(Writes::nothing(Requeue::After(
+                wait.max(obs.settings.backoff_base),
+            )));
+        }
+    }
+    let reason = match &stored {
+        None if obs.secret.is_some() => Some(IssueReason::Unreadable),
+        None => Some(IssueReason::Missing),
+        Some(stored) => judge(obs, stored, &role_arn, &request_hash),
+    };
+    let keep = match (&stored, reason) {
+        (Some(stored), None) => {
+            let issued_at = stored.issuance.as_ref().map_or_else(
+                || stored.credentials.expiration - chrono::Duration::seconds(length.seconds),
+                |i| i.issued_at,
+            );
+            let at = refresh_at(
+                issued_at,
+                stored.credentials.expiration,
+                obs.settings.refresh_limit,
+            );
+            (obs.now < at).then_some((stored, at))
+        }
+        _ => None,
+    };
+    let Some((stored, refresh)) = keep else {
+        return Plan::Issue(Issue {
+            request,
+            reason: reason.unwrap_or(IssueReason::Expiring),
+            length,
+            role_arn,
+            request_hash,
+            stored,
+            would_deny,
+        });
+    };
+    let desired = secret::desired(
+        obs.secret,
+        role,
+        &role_arn,
+        Content::Credentials {
+            creds: &stored.credentials,
+            issuance: None,
+        },
+    );
+    let repair = obs.secret.is_none_or(|s| secret::needs_repair(s, &desired));
+    Plan::Write(Writes {
+        secret: repair.then_some(desired),
+        status: Some(ready(
+            &role_arn,
+            stored.credentials.expiration,
+            generation(role),
+            length,
+            would_deny.as_ref(),
+        )),
+        events: would_deny_note(obs, would_deny.as_ref())
+            .into_iter()
+            .collect(),
+        requeue: Requeue::After(requeue_after(
+            refresh,
+            obs.now,
+            obs.jitter,
+            obs.settings.backoff_base,
+        )),
+        issued: None,
+        policy: Some(policy_state(would_deny.as_ref())),
+    })
+}
+
+/// Turns STS's answer to `issue` into the writes; `now` is when the answer arrived.
+pub fn resolve(
+    obs: &Observed<'_>,
+    issue: &Issue,
+    answer: Result<IssuedCredentials, IssueError>,
+    now: DateTime<Utc>,
+) -> Writes {
+    let role = obs.role;
+    let generation = generation(role);
+    let arn = &issue.role_arn;
+    let creds = match answer {
+        Ok(creds) => creds,
+        Err(e) => return failed(obs, issue, &e, now),
+    };
+    if creds.expiration <= now {
+        let message = format!(
+            "AssumeRole {arn} returned credentials that expire at {}, which is not in the future (is the controller's clock ahead?)",
+            secret::go_rfc3339(&creds.expiration)
+        );
+        return Writes {
+            status: Some(Outcome::NotReady {
+                reason: "ExpiredOnArrival",
+                message: message.clone(),
+                generation,
+            }),
+            events: vec![Note::warning("ExpiredOnArrival", message)],
+            ..Writes::nothing(Requeue::Backoff(backoff(obs)))
+        };
+    }
+    let issuance = Issuance {
+        owner_uid: role.meta().uid.clone().unwrap_or_default(),
+        request_hash: issue.request_hash.clone(),
+        issued_at: now,
+    };
+    let desired = secret::desired(
+        obs.secret,
+        role,
+        arn,
+        Content::Credentials {
+            creds: &creds,
+            issuance: Some(&issuance),
+        },
+    );
+    let expiry = secret::go_rfc3339(&creds.expiration);
+    let refresh = refresh_at(now, creds.expiration, obs.settings.refresh_limit);
+    let floor = obs.settings.backoff_base;
+    let (event, requeue) = if refresh - now < chrono::Duration::from_std(floor).unwrap_or_default()
+    {
+        // Arrived already inside the refresh window: renewing at once would loop.
+        let lifetime = (creds.expiration - now).num_seconds();
+        (
+            Note::warning(
+                "ShortLivedCredentials",
+                format!(
+                    "AssumeRole {arn} returned credentials valid for {lifetime}s only (until {expiry}); retrying with backoff"
+                ),
+            ),
+            Requeue::Backoff(backoff(obs)),
+        )
+    } else {
+        let (reason, verb) = if obs.secret.is_none() {
+            ("CreateCredentials", "Created")
+        } else {
+            ("UpdateCredentials", "Updated")
+        };
+        (
+            Note {
+                severity: Severity::Normal,
+                reason,
+                message: format!("{verb} credentials for role '{arn}', expiry time: {expiry}"),
+                announce: Announce::Always,
+            },
+            Requeue::After(requeue_after(refresh, now, obs.jitter, floor)),
+        )
+    };
+    let would_deny = issue.would_deny.as_ref();
+    Writes {
+        secret: Some(desired),
+        status: Some(ready(
+            arn,
+            creds.expiration,
+            generation,
+            issue.length,
+            would_deny,
+        )),
+        events: would_deny_note(obs, would_deny)
+            .into_iter()
+            .chain([event])
+            .collect(),
+        requeue,
+        issued: Some(issue.reason),
+        policy: Some(policy_state(would_deny)),
+    }
+}
+
+fn failed(obs: &Observed<'_>, issue: &Issue, e: &IssueError, now: DateTime<Utc>) -> Writes {
+    let arn = &issue.role_arn;
+    // The Secret never holds credentials of a role other than the one the spec names.
+    let withdraw = issue.stored.as_ref().is_some_and(|s| &s.role_arn != arn);
+    let kept = issue
+        .stored
+        .as_ref()
+        .filter(|s| !withdraw && s.credentials.expiration > now)
+        .map(|s| {
+            format!(
+                "; the Secret keeps the previous credentials, valid until {}",
+                secret::go_rfc3339(&s.credentials.expiration)
+            )
+        })
+        .unwrap_or_default();
+    let withdrawn = if withdraw {
+        format!(
+            "; the credentials of {} were removed from the Secret",
+            issue
+                .stored
+                .as_ref()
+                .map(|s| s.role_arn.as_str())
+                .unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    let message = format!("AssumeRole {arn} failed: {e}{kept}{withdrawn}");
+    let requeue = match e.kind {
+        FailureKind::Permanent => Requeue::After(slow_requeue(obs.settings, obs.jitter)),
+        FailureKind::Transient => Requeue::Backoff(backoff(obs)),
+    };
+    let refused = Issuance {
+        owner_uid: obs.role.meta().uid.clone().unwrap_or_default(),
+        request_hash: issue.request_hash.clone(),
+        issued_at: now,
+    };
+    Writes {
+        secret: withdraw.then(|| {
+            secret::desired(
+                obs.secret,
+                obs.role,
+                arn,
+                Content::Withdrawn {
+                    issuance: Some(&refused),
+                },
+            )
+        }),
+        status: Some(if withdraw {
+            Outcome::Withdrawn {
+                reason: e.reason(),
+                message: message.clone(),
+                generation: generation(obs.role),
+            }
+        } else {
+            Outcome::NotReady {
+                reason: e.reason(),
+                message: message.clone(),
+                generation: generation(obs.role),
+            }
+        }),
+        events: vec![Note::warning("GetCredentialsFailed", message)],
+        requeue,
+        issued: None,
+        policy: Some(policy_state(issue.would_deny.as_ref())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::IssuedCredentials;
+    use crate::crd::AWSIAMRoleSpec;
 
     const ARN: &str = "arn:aws:iam::123456789012:role/app";
     const LIMIT: Duration = Duration::from_secs(15 * 60);
@@ -98,94 +630,385 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn stored(expires_in_secs: i64, generation: i64) -> Stored {
-        Stored {
-            role_arn: ARN.into(),
-            generation,
-            credentials: IssuedCredentials {
-                access_key_id: "A".into(),
-                secret_access_key: "S".into(),
-                session_token: "T".into(),
-                expiration: now() + chrono::Duration::seconds(expires_in_secs),
+    fn secs(n: i64) -> chrono::Duration {
+        chrono::Duration::seconds(n)
+    }
+
+    fn role(reference: &str, generation: i64) -> AWSIAMRole {
+        let mut r = AWSIAMRole::new(
+            "app",
+            AWSIAMRoleSpec {
+                role_reference: reference.into(),
+                role_session_duration: 3600,
+                policy: None,
+                policy_arns: Vec::new(),
+                invalid: None,
             },
+        );
+        r.metadata.namespace = Some("team".into());
+        r.metadata.uid = Some("uid-1".into());
+        r.metadata.generation = Some(generation);
+        r
+    }
+
+    fn creds(expires_in: i64) -> IssuedCredentials {
+        IssuedCredentials {
+            access_key_id: "A".into(),
+            secret_access_key: "S".into(),
+            session_token: "T".into(),
+            expiration: now() + secs(expires_in),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings::default()
+    }
+
+    fn obs<'a>(
+        role: &'a AWSIAMRole,
+        secret: Option<&'a Secret>,
+        settings: &'a Settings,
+    ) -> Observed<'a> {
+        Observed {
+            role,
+            secret,
+            now: now(),
+            settings,
+            base_role_arn: None,
+            failures: 0,
+            jitter: 0.0,
+            policy: &permit,
+            chained: false,
+        }
+    }
+
+    fn permit(_: &RoleArn) -> Judgement {
+        Judgement::Verdict(Verdict::Permitted)
+    }
+
+    /// The Secret a successful issue for `role` at `issued` writes.
+    fn issued_secret(role: &AWSIAMRole, settings: &Settings, lifetime: i64) -> Secret {
+        let o = obs(role, None, settings);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("expected an issue")
+        };
+        let w = resolve(&o, &issue, Ok(creds(lifetime)), now());
+        w.secret.expect("secret")
+    }
+
+    fn withdrawn_secret(o: &Observed<'_>, issue: &Issue) -> Secret {
+        let denied = IssueError {
+            kind: FailureKind::Permanent,
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        };
+        resolve(o, issue, Err(denied), now())
+            .secret
+            .expect("withdrawn")
+    }
+
+    fn issue_reason(plan: &Plan) -> Option<IssueReason> {
+        match plan {
+            Plan::Issue(i) => Some(i.reason),
+            Plan::Write(_) => None,
         }
     }
 
     #[test]
-    fn missing_secret_is_issued() {
+    fn a_missing_or_unreadable_secret_is_issued() {
+        let s = settings();
+        let r = role(ARN, 1);
         assert_eq!(
-            decide(ARN, 1, 3600, None, false, now(), LIMIT),
-            Decision::Issue(IssueReason::Missing)
+            issue_reason(&decide(&obs(&r, None, &s))),
+            Some(IssueReason::Missing)
         );
+        let mut damaged = issued_secret(&r, &s, 3600);
+        damaged
+            .data
+            .as_mut()
+            .expect("data")
+            .remove("credentials.json");
         assert_eq!(
-            decide(ARN, 1, 3600, None, true, now(), LIMIT),
-            Decision::Issue(IssueReason::Unreadable)
-        );
-    }
-
-    #[test]
-    fn fresh_credentials_are_kept_until_the_refresh_window() {
-        let d = decide(ARN, 1, 3600, Some(&stored(3000, 1)), true, now(), LIMIT);
-        assert_eq!(
-            d,
-            Decision::Keep {
-                refresh_at: now() + chrono::Duration::seconds(3000 - 900)
-            }
+            issue_reason(&decide(&obs(&r, Some(&damaged), &s))),
+            Some(IssueReason::Unreadable)
         );
     }
 
     #[test]
-    fn credentials_inside_the_window_are_renewed() {
+    fn fresh_credentials_are_kept_without_a_write_until_the_refresh_window() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let secret = issued_secret(&r, &s, 3600);
+        let Plan::Write(w) = decide(&obs(&r, Some(&secret), &s)) else {
+            panic!("kept")
+        };
+        assert_eq!(w.secret, None, "nothing to repair");
+        assert_eq!(w.requeue, Requeue::After(Duration::from_secs(3600 - 900)));
+        assert!(matches!(w.status, Some(Outcome::Ready { .. })));
+    }
+
+    #[test]
+    fn short_credentials_refresh_at_half_their_real_lifetime_not_the_asked_one() {
+        // 900 s asked, 300 s given: renew after 150 s, not at once (and not in a loop).
+        let s = settings();
+        let r = role(ARN, 1);
+        let o = obs(&r, None, &s);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        let w = resolve(&o, &issue, Ok(creds(300)), now());
+        assert_eq!(w.requeue, Requeue::After(Duration::from_secs(150)));
+        let secret = w.secret.expect("secret");
+        let mut later = obs(&r, Some(&secret), &s);
+        later.now = now() + secs(100);
+        assert!(matches!(decide(&later), Plan::Write(_)), "kept at 100 s");
+        later.now = now() + secs(151);
+        assert_eq!(issue_reason(&decide(&later)), Some(IssueReason::Expiring));
+    }
+
+    #[test]
+    fn every_requeue_is_floored_at_the_backoff_base() {
+        let floor = Duration::from_secs(5);
+        assert_eq!(requeue_after(now(), now(), 0.3, floor), floor);
+        assert_eq!(requeue_after(now() - secs(10), now(), 0.0, floor), floor);
+        let at = now() + secs(1000);
         assert_eq!(
-            decide(ARN, 1, 3600, Some(&stored(899, 1)), true, now(), LIMIT),
-            Decision::Issue(IssueReason::Expiring)
+            requeue_after(at, now(), 0.0, floor),
+            Duration::from_secs(1000)
         );
         assert_eq!(
-            decide(ARN, 1, 3600, Some(&stored(-5, 1)), true, now(), LIMIT),
-            Decision::Issue(IssueReason::Expiring)
+            requeue_after(at, now(), 1.0, floor),
+            Duration::from_secs(900)
         );
     }
 
     #[test]
-    fn a_new_generation_or_role_is_issued_at_once() {
+    fn credentials_arriving_inside_the_refresh_window_are_a_failure_with_backoff() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let mut o = obs(&r, None, &s);
+        o.jitter = 1.0;
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        // 4 s of life: half-life 2 s is below the 5 s backoff base.
+        let w = resolve(&o, &issue, Ok(creds(4)), now());
+        assert!(w.secret.is_some(), "valid credentials are still delivered");
+        assert_eq!(w.requeue, Requeue::Backoff(Duration::from_secs(5)));
+        assert_eq!(w.events[0].reason, "ShortLivedCredentials");
+        o.failures = 3;
+        let w = resolve(&o, &issue, Ok(creds(4)), now());
         assert_eq!(
-            decide(ARN, 2, 3600, Some(&stored(3000, 1)), true, now(), LIMIT),
-            Decision::Issue(IssueReason::SpecChanged)
+            w.requeue,
+            Requeue::Backoff(Duration::from_secs(40)),
+            "grows"
         );
+        let w = resolve(&o, &issue, Ok(creds(0)), now());
+        assert_eq!(w.secret, None, "expired credentials are never written");
+        assert!(matches!(w.requeue, Requeue::Backoff(_)));
+    }
+
+    #[test]
+    fn sts_failures_requeue_by_kind_with_jitter() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let mut o = obs(&r, None, &s);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        let denied = IssueError {
+            kind: FailureKind::Permanent,
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        };
+        let throttled = IssueError {
+            kind: FailureKind::Transient,
+            code: "Throttling".into(),
+            message: "slow".into(),
+        };
+        o.jitter = 0.0;
+        let slow_low = resolve(&o, &issue, Err(denied.clone()), now()).requeue;
+        o.jitter = 1.0;
+        let slow_high = resolve(&o, &issue, Err(denied), now()).requeue;
+        assert_eq!(slow_low, Requeue::After(Duration::from_secs(240)));
+        assert_eq!(slow_high, Requeue::After(Duration::from_secs(300)));
+        o.failures = 1;
+        let w = resolve(&o, &issue, Err(throttled), now());
+        assert_eq!(w.requeue, Requeue::Backoff(Duration::from_secs(10)));
+        assert_eq!(w.secret, None);
+        assert!(matches!(
+            w.status,
+            Some(Outcome::NotReady {
+                reason: "Throttled",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_failure_for_a_different_role_withdraws_the_old_roles_credentials() {
+        let s = settings();
+        let first = role(ARN, 1);
+        let secret = issued_secret(&first, &s, 3600);
+        let other = role("arn:aws:iam::123456789012:role/other", 2);
+        let o = obs(&other, Some(&secret), &s);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        assert_eq!(issue.reason, IssueReason::SpecChanged);
+        let denied = IssueError {
+            kind: FailureKind::Permanent,
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        };
+        let w = resolve(&o, &issue, Err(denied.clone()), now());
+        let withdrawn = w.secret.expect("withdrawn secret");
+        let data = withdrawn.data.expect("data");
+        for key in secret::WITHDRAWN_KEYS {
+            assert!(!data.contains_key(key), "{key} removed");
+        }
+        assert!(secret::read(&withdrawn_secret(&o, &issue)).is_none());
+        // The watch event of the withdrawal itself asks STS nothing; the slow requeue does.
+        let ws = withdrawn_secret(&o, &issue);
+        let mut again = obs(&other, Some(&ws), &s);
+        assert!(matches!(
+            decide(&again),
+            Plan::Write(Writes { secret: None, .. })
+        ));
+        again.now = now() + secs(241);
+        assert_eq!(issue_reason(&decide(&again)), Some(IssueReason::Unreadable));
+        // Same role, other policy: the old credentials (of the role the spec names) stay.
+        let mut narrower = role(ARN, 2);
+        narrower.spec.policy = Some("{}".into());
+        let o = obs(&narrower, Some(&secret), &s);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        assert_eq!(resolve(&o, &issue, Err(denied), now()).secret, None);
+    }
+
+    #[test]
+    fn only_a_recreated_owner_or_a_changed_request_reissues() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let secret = issued_secret(&r, &s, 3600);
+        let mut relabelled = r.clone();
+        relabelled.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        let Plan::Write(w) = decide(&obs(&relabelled, Some(&secret), &s)) else {
+            panic!("a label is no reason to call STS")
+        };
+        assert!(w.secret.is_some(), "but the label is written");
+        let mut recreated = r.clone();
+        recreated.metadata.uid = Some("uid-2".into());
         assert_eq!(
-            decide(
-                "arn:aws:iam::123456789012:role/other",
-                1,
-                3600,
-                Some(&stored(3000, 1)),
-                true,
-                now(),
-                LIMIT
-            ),
-            Decision::Issue(IssueReason::SpecChanged)
+            issue_reason(&decide(&obs(&recreated, Some(&secret), &s))),
+            Some(IssueReason::Recreated)
+        );
+        let mut longer = r.clone();
+        longer.spec.role_session_duration = 7200;
+        assert_eq!(
+            issue_reason(&decide(&obs(&longer, Some(&secret), &s))),
+            Some(IssueReason::SpecChanged)
+        );
+        let mut policy = r.clone();
+        policy.spec.policy = Some("{}".into());
+        assert_eq!(
+            issue_reason(&decide(&obs(&policy, Some(&secret), &s))),
+            Some(IssueReason::SpecChanged)
+        );
+        let mut tagged = settings();
+        tagged.sts_options.external_id = Some("ext-1".into());
+        assert_eq!(
+            issue_reason(&decide(&obs(&r, Some(&secret), &tagged))),
+            Some(IssueReason::SpecChanged),
+            "changed session options"
         );
     }
 
     #[test]
-    fn sessions_not_longer_than_the_refresh_limit_renew_at_half_life_not_every_tick() {
-        // 900 s session with the default 15 min limit: the Go controller re-issues on every tick.
-        assert_eq!(refresh_window(900, LIMIT), chrono::Duration::seconds(450));
-        let just_issued = stored(900, 1);
-        assert_eq!(
-            decide(ARN, 1, 900, Some(&just_issued), true, now(), LIMIT),
-            Decision::Keep {
-                refresh_at: now() + chrono::Duration::seconds(450)
-            }
-        );
+    fn invalid_specs_and_references_are_reported_without_sts() {
+        let s = settings();
+        let mut r = role(ARN, 1);
+        r.spec.invalid = Some("missing field `roleReference`".into());
+        let Plan::Write(w) = decide(&obs(&r, None, &s)) else {
+            panic!("no STS")
+        };
+        assert_eq!(w.requeue, Requeue::AwaitChange);
+        assert_eq!(w.events[0].reason, "InvalidSpec");
+        let bare = role("app", 1);
+        let Plan::Write(w) = decide(&obs(&bare, None, &s)) else {
+            panic!("no STS")
+        };
+        assert!(matches!(
+            w.status,
+            Some(Outcome::NotReady {
+                reason: "InvalidRoleReference",
+                ..
+            })
+        ));
     }
 
     #[test]
-    fn requeue_is_jittered_earlier_but_never_late_or_zero() {
-        let at = now() + chrono::Duration::seconds(1000);
-        assert_eq!(requeue_after(at, now(), 0.0), Duration::from_secs(1000));
-        assert_eq!(requeue_after(at, now(), 1.0), Duration::from_secs(900));
-        let mid = requeue_after(at, now(), 0.5);
-        assert!(mid < Duration::from_secs(1000) && mid > Duration::from_secs(900));
-        assert_eq!(requeue_after(now(), now(), 0.3), Duration::from_secs(1));
+    fn the_namespace_policy_is_one_more_fact_decide_weighs() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let secret = issued_secret(&r, &s, 3600);
+        let deny = |_: &RoleArn| {
+            Judgement::Verdict(Verdict::Denied(Denial {
+                message: "not here".into(),
+            }))
+        };
+        let mut o = obs(&r, Some(&secret), &s);
+        o.policy = &deny;
+        let Plan::Write(w) = decide(&o) else {
+            panic!("no STS for a refused role")
+        };
+        let data = w.secret.expect("withdrawn").data.expect("data");
+        assert_eq!(data.keys().collect::<Vec<_>>(), vec!["credentials.process"]);
+        assert!(matches!(
+            w.status,
+            Some(Outcome::Withdrawn {
+                reason: "RoleNotPermitted",
+                ..
+            })
+        ));
+        let pending = |_: &RoleArn| Judgement::Pending("not known yet");
+        o.policy = &pending;
+        let Plan::Write(w) = decide(&o) else {
+            panic!("no STS while pending")
+        };
+        assert_eq!(
+            (w.secret, w.status),
+            (None, None),
+            "neither issue nor withdraw"
+        );
+        let audit = |_: &RoleArn| {
+            Judgement::Verdict(Verdict::WouldDeny(Denial {
+                message: "not here".into(),
+            }))
+        };
+        o.policy = &audit;
+        let Plan::Write(w) = decide(&o) else {
+            panic!("kept")
+        };
+        assert_eq!(w.events[0].reason, "PolicyWouldDeny");
+        assert_eq!(w.policy, Some(PolicyState::WouldDeny));
+    }
+
+    #[test]
+    fn refresh_point_uses_the_real_lifetime() {
+        let issued = now();
+        assert_eq!(
+            refresh_at(issued, issued + secs(3600), LIMIT),
+            issued + secs(2700)
+        );
+        assert_eq!(
+            refresh_at(issued, issued + secs(300), LIMIT),
+            issued + secs(150)
+        );
+        assert_eq!(
+            refresh_at(issued, issued - secs(5), LIMIT),
+            issued - secs(5)
+        );
     }
 }

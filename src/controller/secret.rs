@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,18 @@ pub const MOUNT_PATH: &str = "/meta/aws-iam";
 pub const CREDENTIALS_PROCESS: &str =
     "[default]\ncredential_process = cat /meta/aws-iam/credentials.json\n";
 
+/// Annotations recording what the credentials were issued for: the AWSIAMRole's UID, a hash
+/// of the request (role ARN, session length, session options) and when they were issued.
+pub const OWNER_UID_ANNOTATION: &str = "awsiamrole.zalando.org/owner-uid";
+pub const REQUEST_HASH_ANNOTATION: &str = "awsiamrole.zalando.org/request-hash";
+pub const ISSUED_AT_ANNOTATION: &str = "awsiamrole.zalando.org/issued-at";
+/// Set on a Secret whose credentials were withdrawn; the other annotations then describe the
+/// refused request.
+pub const WITHDRAWN_ANNOTATION: &str = "awsiamrole.zalando.org/withdrawn";
+/// The AWSIAMRole label keys copied onto the Secret, so that labels removed from the role are
+/// removed from the Secret too (and labels others put on the Secret are left alone).
+pub const COPIED_LABELS_ANNOTATION: &str = "awsiamrole.zalando.org/copied-labels";
+
 /// The process-credentials document (`credentials.json`), field order as the Go controller writes it.
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
@@ -44,17 +56,32 @@ struct ProcessCredentials {
     expiration: String,
 }
 
-fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// Go's `time.RFC3339` as the Go controller writes `expire` and `aws_expiration`: whole
+/// seconds (truncated), `Z` for UTC.
+pub fn go_rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// The `data` of the Secret for these credentials.
+/// Go's JSON encoding of a `time.Time` (`time.RFC3339Nano`), as in the Go controller's
+/// `credentials.json`: the fraction kept, trailing zeros dropped, none when whole.
+pub fn go_rfc3339_nano(t: &DateTime<Utc>) -> String {
+    let nanos = t.timestamp_subsec_nanos() % 1_000_000_000;
+    let whole = go_rfc3339(t);
+    if nanos == 0 {
+        return whole;
+    }
+    let fraction = format!("{nanos:09}");
+    let fraction = fraction.trim_end_matches('0');
+    format!("{}.{fraction}Z", whole.trim_end_matches('Z'))
+}
+
+/// The `data` of the Secret for these credentials, byte for byte as the Go controller renders them.
 pub fn render_data(
     creds: &IssuedCredentials,
     role_arn: &str,
     generation: i64,
 ) -> BTreeMap<String, ByteString> {
-    let expire = rfc3339(&creds.expiration);
+    let expire = go_rfc3339(&creds.expiration);
     let ini = format!(
         "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\naws_session_token = {}\naws_expiration = {}\n",
         creds.access_key_id, creds.secret_access_key, creds.session_token, expire
@@ -64,7 +91,7 @@ pub fn render_data(
         access_key_id: creds.access_key_id.clone(),
         secret_access_key: creds.secret_access_key.clone(),
         session_token: creds.session_token.clone(),
-        expiration: expire.clone(),
+        expiration: go_rfc3339_nano(&creds.expiration),
     })
     .unwrap_or_default();
     [
@@ -107,25 +134,269 @@ pub fn labels(role: &AWSIAMRole) -> BTreeMap<String, String> {
     labels
 }
 
-/// The whole Secret for `role`, with a controller owner reference to it.
-pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> Secret {
-    let owner: Option<OwnerReference> = role.controller_owner_ref(&());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(role.name_any()),
-            namespace: role.namespace(),
-            labels: Some(labels(role)),
-            owner_references: owner.map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(render_data(
-            creds,
-            role_arn,
-            role.meta().generation.unwrap_or_default(),
-        )),
-        ..Secret::default()
+/// What credentials were issued for (the Secret's annotations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issuance {
+    pub owner_uid: String,
+    pub request_hash: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// What the Secret should carry.
+#[derive(Clone, Copy, Debug)]
+pub enum Content<'a> {
+    /// These credentials; `issuance` is recorded when known (a fresh issue), and otherwise
+    /// whatever the Secret recorded stays.
+    Credentials {
+        creds: &'a IssuedCredentials,
+        issuance: Option<&'a Issuance>,
+    },
+    /// No credentials at all ([`WITHDRAWN_KEYS`] removed): the role is not permitted, or they
+    /// were for a role the spec no longer names and STS refused the one it names; `issuance`
+    /// then records the refused request and when.
+    Withdrawn { issuance: Option<&'a Issuance> },
+}
+
+/// The Secret to write for `role`: built on `existing` (keys, labels, annotations and owners
+/// others added stay), with our keys, labels, annotations and one controller owner reference
+/// to this AWSIAMRole (earlier AWSIAMRoles of the same name are dropped).
+pub fn desired(
+    existing: Option<&Secret>,
+    role: &AWSIAMRole,
+    role_arn: &str,
+    content: Content<'_>,
+) -> Secret {
+    let mut secret = existing.cloned().unwrap_or_default();
+    let meta = &mut secret.metadata;
+    meta.name = Some(role.name_any());
+    meta.namespace = role.namespace();
+    meta.managed_fields = None;
+
+    let role_labels = role.labels();
+    let copied_before: Vec<String> = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(COPIED_LABELS_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut labels = meta.labels.take().unwrap_or_default();
+    for gone in copied_before
+        .iter()
+        .filter(|k| !role_labels.contains_key(*k))
+    {
+        labels.remove(gone);
     }
+    labels.extend(self::labels(role));
+    meta.labels = Some(labels);
+
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    let copied: Vec<&str> = role_labels.keys().map(String::as_str).collect();
+    if copied.is_empty() {
+        annotations.remove(COPIED_LABELS_ANNOTATION);
+    } else {
+        annotations.insert(COPIED_LABELS_ANNOTATION.into(), copied.join(","));
+    }
+    if let Content::Credentials {
+        issuance: Some(i), ..
+    }
+    | Content::Withdrawn { issuance: Some(i) } = content
+    {
+        annotations.insert(OWNER_UID_ANNOTATION.into(), i.owner_uid.clone());
+        annotations.insert(REQUEST_HASH_ANNOTATION.into(), i.request_hash.clone());
+        annotations.insert(ISSUED_AT_ANNOTATION.into(), go_rfc3339(&i.issued_at));
+    }
+    match content {
+        Content::Withdrawn { issuance: Some(_) } => {
+            annotations.insert(WITHDRAWN_ANNOTATION.into(), "true".into());
+        }
+        Content::Withdrawn { issuance: None } | Content::Credentials { .. } => {
+            annotations.remove(WITHDRAWN_ANNOTATION);
+        }
+    }
+    meta.annotations = (!annotations.is_empty()).then_some(annotations);
+
+    let mut owners: Vec<OwnerReference> = meta
+        .owner_references
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| !is_role_reference(o))
+        .collect();
+    // blockOwnerDeletion, as controller-runtime sets it: foreground deletion of the AWSIAMRole
+    // waits for its Secret. (Needs update on awsiamroles/finalizers where the
+    // OwnerReferencesPermissionEnforcement admission plugin runs: deploy/rbac.yaml grants it.)
+    owners.extend(role.controller_owner_ref(&()).map(|o| OwnerReference {
+        block_owner_deletion: Some(true),
+        ..o
+    }));
+    meta.owner_references = Some(owners);
+
+    let generation = role.meta().generation.unwrap_or_default();
+    let mut data = secret.data.take().unwrap_or_default();
+    match content {
+        Content::Credentials { creds, .. } => data.extend(render_data(creds, role_arn, generation)),
+        Content::Withdrawn { .. } => {
+            for key in WITHDRAWN_KEYS {
+                data.remove(key);
+            }
+            data.insert(
+                CREDENTIALS_PROCESS_KEY.into(),
+                ByteString(CREDENTIALS_PROCESS.as_bytes().to_vec()),
+            );
+        }
+    }
+    secret.data = Some(data);
+    if secret.type_.is_none() {
+        secret.type_ = Some("Opaque".into());
+    }
+    secret
+}
+
+/// A new Secret for `role` with these credentials, in the format the Go controller writes.
+pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> Secret {
+    desired(
+        None,
+        role,
+        role_arn,
+        Content::Credentials {
+            creds,
+            issuance: None,
+        },
+    )
+}
+
+/// The JSON merge patch that turns `existing` into `desired` (both whole Secrets): our data
+/// keys, labels and annotations set, the ones to drop `null`, the owner references replaced,
+/// and `existing`'s resourceVersion as the precondition. Pure.
+pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    fn diff<V: Serialize>(
+        have: Option<&BTreeMap<String, V>>,
+        want: Option<&BTreeMap<String, V>>,
+    ) -> Value {
+        let mut out = Map::new();
+        for k in have.into_iter().flat_map(|m| m.keys()) {
+            if !want.is_some_and(|w| w.contains_key(k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+        }
+        for (k, v) in want.into_iter().flatten() {
+            out.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
+        }
+        Value::Object(out)
+    }
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.metadata.resource_version,
+            "labels": diff(existing.metadata.labels.as_ref(), desired.metadata.labels.as_ref()),
+            "annotations": diff(
+                existing.metadata.annotations.as_ref(),
+                desired.metadata.annotations.as_ref(),
+            ),
+            "ownerReferences": desired.metadata.owner_references,
+        },
+        "data": diff(existing.data.as_ref(), desired.data.as_ref()),
+    })
+}
+
+fn is_role_reference(r: &OwnerReference) -> bool {
+    r.kind == "AWSIAMRole" && r.api_version.starts_with("zalando.org/")
+}
+
+/// True when writing `desired` would change what `existing` means: a data key we write holds
+/// different credentials, times, ARN or content; a label, annotation or owner we set differs.
+/// Byte differences that mean the same (a fraction of a second the Go controller keeps,
+/// spacing) are not a reason to write.
+pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
+    // `desired` is built on `existing`: any difference is one we make. The list of copied
+    // label keys is bookkeeping, written along with the next write, never a reason for one.
+    let bookkeeping = |s: &Secret| {
+        let mut a = s.annotations().clone();
+        a.remove(COPIED_LABELS_ANNOTATION);
+        a
+    };
+    let uids = |s: &Secret| -> Vec<String> {
+        let mut v: Vec<String> = s.owner_references().iter().map(|o| o.uid.clone()).collect();
+        v.sort();
+        v
+    };
+    let empty = BTreeMap::new();
+    let have = existing.data.as_ref().unwrap_or(&empty);
+    let want = desired.data.as_ref().unwrap_or(&empty);
+    let data_same = have.len() == want.len()
+        && want
+            .iter()
+            .all(|(k, v)| have.get(k).is_some_and(|h| same_meaning(k, h, v)));
+    existing.labels() != desired.labels()
+        || bookkeeping(existing) != bookkeeping(desired)
+        || uids(existing) != uids(desired)
+        || !data_same
+}
+
+fn same_meaning(key: &str, have: &ByteString, want: &ByteString) -> bool {
+    let (Ok(h), Ok(w)) = (std::str::from_utf8(&have.0), std::str::from_utf8(&want.0)) else {
+        return have == want;
+    };
+    match key {
+        EXPIRE_KEY => same_instant(h.trim(), w.trim(), Precision::Seconds),
+        CREDENTIALS_JSON_KEY => {
+            match (
+                serde_json::from_str::<ProcessCredentials>(h),
+                serde_json::from_str::<ProcessCredentials>(w),
+            ) {
+                (Ok(h), Ok(w)) => {
+                    h.version == w.version
+                        && h.access_key_id == w.access_key_id
+                        && h.secret_access_key == w.secret_access_key
+                        && h.session_token == w.session_token
+                        && same_instant(&h.expiration, &w.expiration, Precision::Exact)
+                }
+                _ => false,
+            }
+        }
+        CREDENTIALS_KEY => {
+            let (h, w) = (ini(h), ini(w));
+            h.len() == w.len()
+                && w.iter().all(|(k, v)| match h.get(k) {
+                    Some(hv) if *k == "aws_expiration" => same_instant(hv, v, Precision::Seconds),
+                    Some(hv) => hv == v,
+                    None => false,
+                })
+        }
+        _ => h.trim() == w.trim(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Precision {
+    Seconds,
+    Exact,
+}
+
+fn same_instant(a: &str, b: &str, precision: Precision) -> bool {
+    match (
+        DateTime::parse_from_rfc3339(a),
+        DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => match precision {
+            Precision::Seconds => a.timestamp() == b.timestamp(),
+            Precision::Exact => a == b,
+        },
+        _ => false,
+    }
+}
+
+/// `key = value` lines of an INI file (sections ignored: the file has one).
+fn ini(text: &str) -> BTreeMap<&str, &str> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect()
 }
 
 /// What a Secret of the AWSIAMRole's name is to us.
@@ -172,10 +443,35 @@ pub struct Stored {
     pub role_arn: String,
     pub generation: i64,
     pub credentials: IssuedCredentials,
+    /// What they were issued for; `None` for Secrets written by the Go controller or by
+    /// earlier versions, which are judged by generation and role ARN instead.
+    pub issuance: Option<Issuance>,
 }
 
 fn text<'a>(data: &'a BTreeMap<String, ByteString>, key: &str) -> Option<&'a str> {
     data.get(key).and_then(|b| std::str::from_utf8(&b.0).ok())
+}
+
+/// The request a Secret without credentials was withdrawn for (see [`Content::Withdrawn`]).
+pub fn withdrawn(secret: &Secret) -> Option<Issuance> {
+    let data = secret.data.as_ref();
+    if data.is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY))
+        || !secret.annotations().contains_key(WITHDRAWN_ANNOTATION)
+    {
+        return None;
+    }
+    issuance(secret)
+}
+
+fn issuance(secret: &Secret) -> Option<Issuance> {
+    let annotations = secret.annotations();
+    Some(Issuance {
+        owner_uid: annotations.get(OWNER_UID_ANNOTATION)?.clone(),
+        request_hash: annotations.get(REQUEST_HASH_ANNOTATION)?.clone(),
+        issued_at: DateTime::parse_from_rfc3339(annotations.get(ISSUED_AT_ANNOTATION)?)
+            .ok()?
+            .with_timezone(&Utc),
+    })
 }
 
 /// Reads the credentials back; `None` when any key is missing, malformed or inconsistent,
@@ -197,10 +493,12 @@ pub fn read(secret: &Secret) -> Option<Stored> {
         session_token: json.session_token,
         expiration,
     };
+    let issuance = issuance(secret);
     Some(Stored {
         role_arn,
         generation,
         credentials,
+        issuance,
     })
 }
 
@@ -228,6 +526,7 @@ mod tests {
                 role_session_duration: 3600,
                 policy: None,
                 policy_arns: Vec::new(),
+                invalid: None,
             },
         );
         r.metadata.namespace = Some("team".into());
@@ -323,6 +622,156 @@ mod tests {
             ..OwnerReference::default()
         }]);
         assert_eq!(ownership(&sec, &role()), Ownership::Foreign);
+    }
+
+    #[test]
+    fn times_render_exactly_as_the_go_controller_renders_them() {
+        let t = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("t")
+                .with_timezone(&Utc)
+        };
+        // `time.RFC3339`: whole seconds, truncated.
+        assert_eq!(
+            go_rfc3339(&t("2026-11-26T16:30:00.987Z")),
+            "2026-11-26T16:30:00Z"
+        );
+        // Go's JSON time: the fraction kept, trailing zeros dropped.
+        assert_eq!(
+            go_rfc3339_nano(&t("2026-11-26T16:30:00.120Z")),
+            "2026-11-26T16:30:00.12Z"
+        );
+        assert_eq!(
+            go_rfc3339_nano(&t("2026-11-26T16:30:00.123456789Z")),
+            "2026-11-26T16:30:00.123456789Z"
+        );
+        assert_eq!(
+            go_rfc3339_nano(&t("2026-11-26T16:30:00Z")),
+            "2026-11-26T16:30:00Z"
+        );
+        let mut c = creds();
+        c.expiration = t("2026-11-26T16:30:00.5Z");
+        let d = render_data(&c, "arn:aws:iam::123456789012:role/app", 3);
+        assert_eq!(s(&d, EXPIRE_KEY), "2026-11-26T16:30:00Z");
+        assert!(s(&d, CREDENTIALS_KEY).contains("aws_expiration = 2026-11-26T16:30:00Z\n"));
+        assert!(s(&d, CREDENTIALS_JSON_KEY).contains(r#""Expiration":"2026-11-26T16:30:00.5Z""#));
+    }
+
+    #[test]
+    fn repair_is_decided_on_meaning_not_bytes() {
+        let existing = render(&role(), &creds(), "arn:aws:iam::123456789012:role/app");
+        let mut respaced = existing.clone();
+        let data = respaced.data.as_mut().expect("data");
+        data.insert(
+            CREDENTIALS_JSON_KEY.into(),
+            ByteString(
+                br#"{ "Version": 1, "AccessKeyId": "ASIAEXAMPLEKEY000001", "SecretAccessKey": "secretSECRETsecretSECRETsecretSECRET0000", "SessionToken": "FwoGZXIvYXdzEXAMPLETOKEN", "Expiration": "2026-11-26T16:30:00.000Z" }"#.to_vec(),
+            ),
+        );
+        data.insert(
+            EXPIRE_KEY.into(),
+            ByteString(b"2026-11-26T17:30:00+01:00".to_vec()),
+        );
+        let desired = desired(
+            Some(&respaced),
+            &role(),
+            "arn:aws:iam::123456789012:role/app",
+            Content::Credentials {
+                creds: &creds(),
+                issuance: None,
+            },
+        );
+        assert!(!needs_repair(&respaced, &desired), "same meaning: no write");
+        let mut edited = existing.clone();
+        edited.data.as_mut().expect("data").insert(
+            CREDENTIALS_PROCESS_KEY.into(),
+            ByteString(b"[default]\ncredential_process = evil\n".to_vec()),
+        );
+        let desired = desired_for(&edited);
+        assert!(needs_repair(&edited, &desired));
+    }
+
+    fn desired_for(existing: &Secret) -> Secret {
+        desired(
+            Some(existing),
+            &role(),
+            "arn:aws:iam::123456789012:role/app",
+            Content::Credentials {
+                creds: &creds(),
+                issuance: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_recreated_role_replaces_the_old_owner_and_removed_labels_go() {
+        let mut old_role = role();
+        old_role.metadata.uid = Some("uid-0".into());
+        old_role.metadata.labels = Some(
+            [
+                ("application".to_string(), "x".to_string()),
+                ("gone".to_string(), "y".to_string()),
+            ]
+            .into(),
+        );
+        let mut existing = render(&old_role, &creds(), "arn:aws:iam::123456789012:role/app");
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert("someone-elses".into(), "z".into());
+        let want = desired_for(&existing);
+        let owners: Vec<&str> = want
+            .owner_references()
+            .iter()
+            .map(|o| o.uid.as_str())
+            .collect();
+        assert_eq!(owners, vec!["uid-1"]);
+        assert_eq!(want.owner_references()[0].block_owner_deletion, Some(true));
+        assert!(!want.labels().contains_key("gone"));
+        assert_eq!(want.labels()["someone-elses"], "z");
+        assert_eq!(want.labels()["application"], "x");
+        assert!(needs_repair(&existing, &want));
+    }
+
+    #[test]
+    fn the_merge_patch_sets_ours_drops_what_is_gone_and_carries_the_resource_version() {
+        let mut existing = render(&role(), &creds(), "arn:aws:iam::123456789012:role/app");
+        existing.metadata.resource_version = Some("42".into());
+        let want = desired(
+            Some(&existing),
+            &role(),
+            "arn:aws:iam::123456789012:role/app",
+            Content::Withdrawn { issuance: None },
+        );
+        let patch = merge_patch(&existing, &want);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["data"][CREDENTIALS_JSON_KEY], serde_json::Value::Null);
+        assert!(patch["data"][CREDENTIALS_PROCESS_KEY].is_string());
+        assert_eq!(patch["metadata"]["labels"]["application"], "x");
+        assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let mut applied = serde_json::to_value(&existing).expect("json");
+        json_merge(&mut applied, &patch);
+        let applied: Secret = serde_json::from_value(applied).expect("secret");
+        assert_eq!(applied.data, want.data);
+        assert_eq!(applied.metadata.labels, want.metadata.labels);
+    }
+
+    /// RFC 7386, as the API server applies a merge patch.
+    fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        json_merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
     }
 
     #[test]

@@ -33,6 +33,17 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The generation this outcome describes.
+    pub fn generation(&self) -> i64 {
+        match self {
+            Outcome::Ready { generation, .. }
+            | Outcome::NotReady { generation, .. }
+            | Outcome::Withdrawn { generation, .. } => *generation,
+        }
+    }
+}
+
 pub const READY: &str = "Ready";
 /// `True` while `--namespace-policy=audit` issues a role that `enforce` would deny.
 pub const POLICY_WOULD_DENY: &str = "PolicyWouldDeny";
@@ -64,6 +75,62 @@ pub fn bounded(message: &str) -> String {
         end -= 1;
     }
     format!("{}{MORE}", &clean[..end])
+}
+
+/// Normal or Warning Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// When an Event is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// Every time (credentials issued).
+    Always,
+    /// Only when the Ready condition's status or reason changes.
+    OnTransition,
+}
+
+/// An Event about one AWSIAMRole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub severity: Severity,
+    pub reason: &'static str,
+    pub message: String,
+    pub announce: Announce,
+}
+
+impl Note {
+    pub fn warning(reason: &'static str, message: String) -> Self {
+        Note {
+            severity: Severity::Warning,
+            reason,
+            message,
+            announce: Announce::OnTransition,
+        }
+    }
+}
+
+/// Whether the status stored now (`live_generation`, `live`) may be replaced by one computed
+/// for `generation`: not when the object has moved on to a newer generation (its own reconcile
+/// writes that one), and never so that `observedGeneration` goes backwards.
+pub fn may_write(
+    live_generation: Option<i64>,
+    live: Option<&AWSIAMRoleStatus>,
+    generation: i64,
+) -> bool {
+    let stored = live.and_then(|s| s.observed_generation).unwrap_or(0);
+    let conditions = live
+        .into_iter()
+        .flat_map(|s| s.conditions.iter())
+        .filter_map(|c| c.observed_generation)
+        .max()
+        .unwrap_or(0);
+    live_generation.unwrap_or(generation) <= generation
+        && stored <= generation
+        && conditions <= generation
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -180,6 +247,26 @@ pub fn would_deny(status: Option<&AWSIAMRoleStatus>) -> bool {
     })
 }
 
+/// The JSON merge patch body for `status` that turns `current` into `next`: fields `next`
+/// drops (a withdrawal clears `roleARN` and `expiration`) are sent as `null`, since a merge
+/// patch leaves out fields alone. Pure.
+pub fn merge_patch(
+    current: Option<&AWSIAMRoleStatus>,
+    next: &AWSIAMRoleStatus,
+) -> serde_json::Value {
+    let mut patch = match serde_json::to_value(next) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(serde_json::Value::Object(old)) = current.and_then(|c| serde_json::to_value(c).ok())
+    {
+        for k in old.keys() {
+            patch.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::Value::Object(patch)
+}
+
 /// True when `next` leaves the condition's status or reason different from `current`:
 /// such transitions, and only those, get an Event.
 pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus) -> bool {
@@ -195,6 +282,47 @@ pub fn is_transition(current: Option<&AWSIAMRoleStatus>, next: &AWSIAMRoleStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_withdrawal_clears_the_role_and_expiration_in_the_patch() {
+        let issued = next(
+            None,
+            &ready("2026-11-26T13:00:00Z"),
+            at("2026-11-26T12:00:00Z"),
+        );
+        let withdrawn = next(
+            Some(&issued),
+            &Outcome::Withdrawn {
+                reason: "RoleNotPermitted",
+                message: "no".into(),
+                generation: 2,
+            },
+            at("2026-11-26T12:10:00Z"),
+        );
+        let patch = merge_patch(Some(&issued), &withdrawn);
+        assert_eq!(patch["roleARN"], serde_json::Value::Null);
+        assert_eq!(patch["expiration"], serde_json::Value::Null);
+        assert!(patch.as_object().is_some_and(|m| m.contains_key("roleARN")));
+        assert_eq!(patch["conditions"][0]["reason"], "RoleNotPermitted");
+    }
+
+    #[test]
+    fn a_newer_stored_generation_is_never_downgraded() {
+        let newer = next(
+            None,
+            &Outcome::NotReady {
+                reason: "AccessDenied",
+                message: "no".into(),
+                generation: 3,
+            },
+            at("2026-11-26T12:00:00Z"),
+        );
+        assert!(!may_write(Some(3), Some(&newer), 2), "object moved on");
+        assert!(!may_write(Some(2), Some(&newer), 2), "status is newer");
+        assert!(may_write(Some(3), Some(&newer), 3));
+        assert!(may_write(Some(4), Some(&newer), 4));
+        assert!(may_write(Some(1), None, 1));
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)

@@ -561,6 +561,7 @@ mod tests {
                 role_session_duration: 3600,
                 policy: None,
                 policy_arns: Vec::new(),
+                invalid: None,
             },
         );
         ready.metadata.namespace = Some("team".into());

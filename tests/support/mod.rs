@@ -25,14 +25,13 @@ use aws_credential_types::Credentials;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Config};
 use tokio::sync::{OnceCell, oneshot};
 
 use kube_aws_iam_controller::aws::CredentialIssuer;
 use kube_aws_iam_controller::aws::sts::{StsIssuer, https_client};
 use kube_aws_iam_controller::controller::policy::PolicyContext;
-use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, backoff::Backoff};
+use kube_aws_iam_controller::controller::{self, Context, RunOptions, Settings, Wiring};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::metrics::Metrics;
 use kube_aws_iam_controller::policy::{Guard, PERMITTED_ANNOTATION, PolicyMode};
@@ -284,6 +283,9 @@ async fn start_env(apiserver_flags: &'static [&'static str]) -> Env {
         format!("--service-account-key-file={}", d("sa.pub")),
         format!("--service-account-signing-key-file={}", d("sa.key")),
         "--disable-admission-plugins=ServiceAccount".into(),
+        // As OpenShift and many hardened clusters run: setting blockOwnerDeletion on an owner
+        // reference needs update permission on the owner's finalizers.
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
         "--allow-privileged=true".into(),
     ];
     apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
@@ -637,6 +639,7 @@ pub fn test_settings() -> Settings {
         backoff_base: Duration::from_millis(500),
         max_backoff: Duration::from_secs(5),
         sts_options: Default::default(),
+        orphan_grace: Duration::from_secs(60),
     }
 }
 
@@ -744,23 +747,18 @@ async fn start_controller(
     policy: PolicyContext,
     learned: controller::learned::Learned,
 ) -> Running {
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    let ctx = Arc::new(Context::new(
+        client.clone(),
         issuer,
         settings,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "kube-aws-iam-controller".into(),
-                instance: Some("test".into()),
-            },
-        ),
-        metrics: Arc::new(Metrics::new()),
-        backoff: Backoff::default(),
-        leader: controller::leader::Leadership::always(),
-        policy,
-        learned: Arc::new(learned),
-    });
+        Wiring {
+            metrics: Arc::new(Metrics::new()),
+            leader: controller::leader::Leadership::always(),
+            policy,
+            learned: Arc::new(learned),
+            instance: "test".into(),
+        },
+    ));
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = oneshot::channel::<()>();
     let opts = RunOptions {
@@ -803,6 +801,7 @@ pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
             role_session_duration: duration,
             policy: None,
             policy_arns: Vec::new(),
+            invalid: None,
         },
     )
 }
@@ -1147,6 +1146,9 @@ pub struct Scene {
     pub ns: String,
     pub roles: Api<AWSIAMRole>,
     pub secrets: Api<Secret>,
+    /// An STS double that, when dropped at the test's end, asserts the suite's invariant: no
+    /// role got more than 2 `AssumeRole` calls in any minute.
+    pub sts: sts_double::StsDouble,
 }
 
 pub async fn scene(prefix: &str) -> Scene {
@@ -1154,6 +1156,7 @@ pub async fn scene(prefix: &str) -> Scene {
     let client = env.client().await;
     let ns = env.namespace(&client, prefix).await;
     Scene {
+        sts: sts_double::StsDouble::start_checked().await,
         env,
         roles: Api::namespaced(client.clone(), &ns),
         secrets: Api::namespaced(client.clone(), &ns),

@@ -102,6 +102,8 @@ pub struct RecordedRequest {
     pub status: u16,
     /// When the request arrived (before any [`StsDouble::latency`]).
     pub received_at: std::time::Instant,
+    /// The SDK's `amz-sdk-invocation-id`: the same for the attempts (retries) of one call.
+    pub invocation_id: Option<String>,
 }
 
 /// A session the double issued.
@@ -155,6 +157,8 @@ pub struct StsDouble {
     pub endpoint: String,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Asserts the suite's call-rate invariant when dropped (see [`StsDouble::start_checked`]).
+    check_call_rate: bool,
 }
 
 impl StsDouble {
@@ -184,6 +188,7 @@ impl StsDouble {
             endpoint: format!("http://{addr}"),
             shared,
             shutdown: Some(tx),
+            check_call_rate: false,
         }
     }
 
@@ -199,6 +204,14 @@ impl StsDouble {
     /// other partitions are then rejected.
     pub fn partition(&self, partition: &str) {
         self.shared.lock().partition = Some(partition.to_owned());
+    }
+
+    /// Like [`start`](Self::start), and when dropped (the test's end) asserts that no role got
+    /// more than 2 `AssumeRole` calls in any minute.
+    pub async fn start_checked() -> StsDouble {
+        let mut double = Self::start().await;
+        double.check_call_rate = true;
+        double
     }
 
     /// Credentials issued for `role_arn` expire after `d` whatever `DurationSeconds` asked for,
@@ -281,6 +294,40 @@ impl StsDouble {
             .count()
     }
 
+    /// The controller's `AssumeRole` calls per role ARN (the SDK's retries of one call count
+    /// once), as the times the first attempt of each arrived.
+    pub fn assume_role_call_times(&self) -> BTreeMap<String, Vec<std::time::Instant>> {
+        let mut seen = HashSet::new();
+        let mut calls: BTreeMap<String, Vec<std::time::Instant>> = BTreeMap::new();
+        for r in self.shared.lock().requests.iter() {
+            let (Some(arn), true) = (r.role_arn.as_ref(), r.action == "AssumeRole") else {
+                continue;
+            };
+            if let Some(id) = &r.invocation_id
+                && !seen.insert(id.clone())
+            {
+                continue;
+            }
+            calls.entry(arn.clone()).or_default().push(r.received_at);
+        }
+        calls
+    }
+
+    /// The suite's invariant: no role gets more than 2 `AssumeRole` calls in any minute.
+    /// (Three calls must span at least 58 s: 2 s of slack for requests in flight.)
+    pub fn assert_at_most_two_calls_per_role_per_minute(&self) {
+        for (arn, times) in self.assume_role_call_times() {
+            for w in times.windows(3) {
+                let span = w[2].duration_since(w[0]);
+                assert!(
+                    span >= Duration::from_secs(58),
+                    "{arn}: 3 AssumeRole calls within {span:?} ({} calls in all): more than 2 a minute",
+                    times.len()
+                );
+            }
+        }
+    }
+
     /// Every request received, whatever its action or outcome.
     pub fn total_calls(&self) -> usize {
         self.shared.lock().requests.len()
@@ -307,6 +354,9 @@ impl Drop for StsDouble {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if self.check_call_rate && !std::thread::panicking() {
+            self.assert_at_most_two_calls_per_role_per_minute();
         }
     }
 }
@@ -705,6 +755,10 @@ async fn handle(
         caller_access_key: caller_access_key(&headers),
         status: 0,
         received_at: std::time::Instant::now(),
+        invocation_id: headers
+            .get("amz-sdk-invocation-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     let index = {
         let mut inner = shared.lock();
