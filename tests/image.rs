@@ -447,3 +447,71 @@ async fn the_image_runs_the_bootstrap_deployment_past_the_seed_expiry() {
     kubelet.abort();
     bin.kill();
 }
+
+/// crane (scripts/build-crane.sh; test.sh builds it first).
+fn crane() -> PathBuf {
+    let out = Command::new(support::repo().join("scripts/build-crane.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/build-crane.sh runs");
+    assert!(out.status.success(), "scripts/build-crane.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn the_readmes_push_command_publishes_the_same_digest() {
+    let crane = crane();
+    let port = support::free_port();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let registry = support::spawn_watched(
+        &crane,
+        &[
+            "registry".into(),
+            "serve".into(),
+            format!("--address=127.0.0.1:{port}"),
+        ],
+        log.path(),
+        &[],
+    );
+    let registry = Registry(registry);
+    let reference = format!(
+        "127.0.0.1:{port}/kube-aws-iam-controller:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut pushed = false;
+    for _ in 0..100 {
+        // `crane push target/image/oci REGISTRY/kube-aws-iam-controller:VERSION` (README).
+        let status = Command::new(&crane)
+            .arg("push")
+            .arg(image_dir().join("oci"))
+            .arg(&reference)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("crane push");
+        if status.success() {
+            pushed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(pushed, "crane push to the local registry");
+    let digest = Command::new(&crane)
+        .arg("digest")
+        .arg(&reference)
+        .output()
+        .expect("crane digest");
+    let built = std::fs::read_to_string(image_dir().join("digest")).expect("digest");
+    assert_eq!(String::from_utf8_lossy(&digest.stdout).trim(), built.trim());
+    drop(registry);
+}
+
+/// Stops the registry's watchdog (and so the registry) when dropped.
+struct Registry(std::process::Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
