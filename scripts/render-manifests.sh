@@ -2,7 +2,11 @@
 # Renders the plain manifests in deploy/ from the Helm chart, so both say the same thing:
 #   deploy/rbac.yaml                  ServiceAccount, RBAC        (default values)
 #   deploy/deployment.yaml            Deployment, PDB             (default values)
+#   deploy/webhook.yaml               webhook Service and MutatingWebhookConfiguration
+#   deploy/webhook-rbac.yaml          the webhook's RBAC
 #   deploy/deployment-with-role.yaml  Deployment, PDB             (ci/bootstrap-values.yaml)
+# (deploy/namespace-policy.yaml, webhook-policy.yaml, rbac-namespaced.yaml and the example apps
+# are written by hand.)
 # and copies the generated CRD (deploy/crd.yaml, from `cargo run --bin crdgen`) and
 # docs/alerts.yaml into the chart. tests/chart.rs checks that nothing drifted.
 #
@@ -30,4 +34,6 @@ render() { # FILE VALUES_OPTS... -- TEMPLATES...
 }
 render rbac.yaml -- serviceaccount.yaml rbac.yaml
 render deployment.yaml -- deployment.yaml pdb.yaml
+render webhook.yaml -- webhook.yaml
+render webhook-rbac.yaml -- webhook-rbac.yaml
 render deployment-with-role.yaml --values "$chart/ci/bootstrap-values.yaml" -- deployment.yaml pdb.yaml

@@ -169,6 +169,8 @@ fn deploy_manifests_are_rendered_from_the_chart() {
         "deploy/rbac.yaml",
         "deploy/deployment.yaml",
         "deploy/deployment-with-role.yaml",
+        "deploy/webhook.yaml",
+        "deploy/webhook-rbac.yaml",
         "charts/kube-aws-iam-controller/crds/awsiamroles.zalando.org.yaml",
         "charts/kube-aws-iam-controller/files/alerts.yaml",
     ] {

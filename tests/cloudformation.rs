@@ -10,8 +10,7 @@ use std::process::Command;
 use kube::api::PostParams;
 
 use support::{
-    Scene, boto3_identity_from_secret, data, role, scene, start_binary, start_binary_with,
-    wait_for,
+    Scene, boto3_identity_from_secret, data, role, scene, start_binary, start_binary_with, wait_for,
 };
 
 const TEMPLATES: [&str; 4] = [
@@ -62,7 +61,12 @@ fn create_stack(
 ) -> BTreeMap<String, String> {
     let aws = |args: &[String]| {
         let out = Command::new(s.env.venv.join("bin/aws"))
-            .args(["--endpoint-url", &s.env.moto_endpoint, "--region", "us-east-1"])
+            .args([
+                "--endpoint-url",
+                &s.env.moto_endpoint,
+                "--region",
+                "us-east-1",
+            ])
             .args(args)
             .current_dir(support::repo())
             .env("AWS_ACCESS_KEY_ID", "AKIDADMIN00000000000")
@@ -186,7 +190,10 @@ async fn the_controller_role_set_up_chains_through_the_stacks_controller_role() 
     let assume = format!("--assume-role={}", outputs["ControllerRoleArn"]);
     let bin = start_binary(s.env, &s.ns, &s.env.moto_endpoint, &[&assume]).await;
     s.roles
-        .create(&PostParams::default(), &role("app", &outputs["AppRoleArn"], 3600))
+        .create(
+            &PostParams::default(),
+            &role("app", &outputs["AppRoleArn"], 3600),
+        )
         .await
         .expect("create");
     let secret = wait_for("secret", || async {
@@ -276,12 +283,18 @@ async fn the_namespace_role_stack_conditions_its_trust_on_the_namespace_tag() {
         .expect("python");
     let policy: serde_json::Value = serde_json::from_slice(&out.stdout).expect("policy");
     let condition = &policy["Statement"][0]["Condition"]["StringEquals"];
-    assert_eq!(condition["aws:RequestTag/kubernetes-namespace"], s.ns.as_str());
+    assert_eq!(
+        condition["aws:RequestTag/kubernetes-namespace"],
+        s.ns.as_str()
+    );
 
     // The controller with session tags gets it for an AWSIAMRole in that namespace.
     let bin = start_binary(s.env, &s.ns, &s.env.moto_endpoint, &["--session-tags"]).await;
     s.roles
-        .create(&PostParams::default(), &role("team", &outputs["RoleArn"], 3600))
+        .create(
+            &PostParams::default(),
+            &role("team", &outputs["RoleArn"], 3600),
+        )
         .await
         .expect("create");
     let secret = wait_for("secret", || async {

@@ -127,7 +127,7 @@ async fn a_go_controller_install_moves_to_the_chart_and_keeps_its_secrets_withou
         "kubectl delete clusterrolebinding kube-aws-iam-controller",
         "kubectl delete clusterrole kube-aws-iam-controller",
         "kubectl -n kube-system delete serviceaccount kube-aws-iam-controller",
-        "helm install kube-aws-iam-controller charts/kube-aws-iam-controller --namespace kube-system --set baseRoleARN=arn:aws:iam::123456789012:role/",
+        "helm install kube-aws-iam-controller charts/kube-aws-iam-controller --namespace kube-system --set baseRoleARN=arn:aws:iam::123456789012:role/ --set namespacePolicy=none",
     ];
     assert_eq!(
         steps, expected,
