@@ -10,6 +10,13 @@
 # Env: KAIC_CACHE (default ~/.cache/kube-aws-iam-controller): the musl build's target dir
 #   lives there, so a fresh clone does not rebuild the dependencies.
 set -euo pipefail
+# The same environment for every caller (a shell, test.sh, a test binary under `cargo test`):
+# otherwise Cargo's fingerprints of the release build differ and it rebuilds from zero.
+if [ -z "${KAIC_IMAGE_CLEAN_ENV:-}" ]; then
+  exec env -i KAIC_IMAGE_CLEAN_ENV=1 PATH="$PATH" HOME="$HOME" \
+    ${KAIC_CACHE:+KAIC_CACHE="$KAIC_CACHE"} ${CARGO_HOME:+CARGO_HOME="$CARGO_HOME"} \
+    ${RUSTUP_HOME:+RUSTUP_HOME="$RUSTUP_HOME"} "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 repo=$PWD
 TARGET=x86_64-unknown-linux-musl
@@ -81,6 +88,7 @@ labels=(
 "$crane" mutate "$ref:layer" --set-platform linux/amd64 --entrypoint /kube-aws-iam-controller \
   --user 65532:65532 --workdir / -e SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
   "${labels[@]}" -t "$ref:$version" >&2
+rm -rf "$out/oci"
 "$crane" pull --format oci "$ref:$version" "$out/oci" >&2
 "$crane" digest "$ref:$version" > "$out/digest"
 echo "build-image: kube-aws-iam-controller:$version $(cat "$out/digest")" >&2

@@ -89,7 +89,8 @@ fn go_secret(role: &AWSIAMRole, ns: &str, arn: &str) -> Secret {
 }
 
 #[tokio::test]
-async fn a_go_controller_install_moves_to_the_chart_and_keeps_its_secrets_without_new_credentials() {
+async fn a_go_controller_install_moves_to_the_chart_and_keeps_its_secrets_without_new_credentials()
+{
     let s = scene("migration").await;
     let kc = s.env.kubeconfig.display().to_string();
     // The Go controller's install and the Secrets it wrote for two AWSIAMRoles.
