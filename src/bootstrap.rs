@@ -72,6 +72,7 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
         region: args.aws.sts_region.clone(),
         endpoint: args.aws.sts_endpoint.clone(),
         timeout: args.aws.sts_timeout,
+        credentials_file: None,
     })
     .await;
     let sts = StsIssuer::new(&sdk, args.aws.sts_timeout);

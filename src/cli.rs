@@ -135,6 +135,11 @@ pub struct StsOptionArgs {
     /// AWSIAMRole is then assumed from that session (role chaining: at most 1 hour each).
     #[arg(long, env = "KAIC_ASSUME_ROLE")]
     pub assume_role: Option<String>,
+    /// The controller's own credentials: this process-credentials JSON file (e.g. its own
+    /// Secret's credentials.json at /meta/aws-iam), read again before they expire. Replaces
+    /// the SDK's default chain; needs no shell (unlike credential_process).
+    #[arg(long, env = "KAIC_CREDENTIALS_FILE")]
+    pub credentials_file: Option<std::path::PathBuf>,
     /// ExternalId sent with every AssumeRole for an AWSIAMRole; target roles can require it
     /// with the sts:ExternalId condition. Never taken from an AWSIAMRole.
     #[arg(long, env = "KAIC_EXTERNAL_ID", value_parser = external_id)]

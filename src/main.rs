@@ -154,6 +154,7 @@ async fn run(args: Args) -> Result<()> {
         region: args.aws.sts_region.clone(),
         endpoint: args.aws.sts_endpoint.clone(),
         timeout: args.aws.sts_timeout,
+        credentials_file: args.sts.credentials_file.clone(),
     })
     .await;
     let own_sts = StsIssuer::new(&sdk_config, args.aws.sts_timeout);

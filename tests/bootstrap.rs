@@ -1,7 +1,7 @@
 //! Bootstrap off AWS, end to end: `kube-aws-iam-controller bootstrap` seeds the controller's
 //! AWSIAMRole and Secret with the operator's AWS credentials; the controller binary then runs
-//! with that Secret mounted at /meta/aws-iam (by the kubelet's own volume code) and the AWS SDK
-//! reading `credentials.process`, as `deploy/deployment-with-role.yaml` runs it. It renews its
+//! with that Secret mounted at /meta/aws-iam (by the kubelet's own volume code), reading its own
+//! `credentials.json` with `--credentials-file`, as `deploy/deployment-with-role.yaml` runs it. It renews its
 //! own Secret and keeps issuing after the seed credentials have expired; the STS double
 //! authenticates every call (SigV4 against the secret it issued), rejects expired keys
 //! (`ExpiredToken`) and enforces the role-chaining limit.
@@ -56,6 +56,8 @@ struct ManifestView {
     mount_path: String,
     /// The container's AWS_* environment variables with literal values.
     aws_env: Vec<(&'static str, String)>,
+    /// The container's `--credentials-file=...` flag.
+    credentials_file_arg: String,
     deployment: Deployment,
 }
 
@@ -64,7 +66,7 @@ impl ManifestView {
         let text =
             std::fs::read_to_string(support::repo().join("deploy/deployment-with-role.yaml"))
                 .expect("deploy/deployment-with-role.yaml");
-        let deployment: Deployment = serde_yaml::from_str(&text).expect("a Deployment");
+        let deployment = support::pod::deployment(&text);
         let pod = deployment.spec.template.spec.clone().expect("pod spec");
         let volume = pod
             .volumes
@@ -87,7 +89,6 @@ impl ManifestView {
             .into_iter()
             .filter_map(|e| {
                 let name: &'static str = match e.name.as_str() {
-                    "AWS_CONFIG_FILE" => "AWS_CONFIG_FILE",
                     "AWS_EC2_METADATA_DISABLED" => "AWS_EC2_METADATA_DISABLED",
                     other if other.starts_with("AWS_") => panic!("unexpected {other}"),
                     _ => return None,
@@ -95,7 +96,15 @@ impl ManifestView {
                 Some((name, e.value.expect("literal value")))
             })
             .collect();
+        let credentials_file_arg = container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|a| a.starts_with("--credentials-file="))
+            .expect("--credentials-file");
         ManifestView {
+            credentials_file_arg,
             secret_name: volume
                 .secret
                 .and_then(|s| s.secret_name)
@@ -114,10 +123,17 @@ async fn the_bootstrap_deployment_manifest_is_valid_and_mounts_the_controllers_o
     let m = ManifestView::read();
     assert_eq!(m.secret_name, NAME);
     assert_eq!(m.mount_path, "/meta/aws-iam");
-    assert!(m.aws_env.contains(&(
-        "AWS_CONFIG_FILE",
-        "/meta/aws-iam/credentials.process".into()
-    )));
+    assert_eq!(
+        m.credentials_file_arg,
+        "--credentials-file=/meta/aws-iam/credentials.json"
+    );
+    assert!(
+        m.aws_env
+            .iter()
+            .all(|(k, _)| *k != "AWS_CONFIG_FILE" && *k != "AWS_SHARED_CREDENTIALS_FILE"),
+        "no credential_process: {:?}",
+        m.aws_env
+    );
     let ns = m.deployment.metadata.namespace.clone().expect("namespace");
     let api: Api<Deployment> = Api::namespaced(client, &ns);
     let dry_run = PostParams {
@@ -200,6 +216,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
     assert_eq!(manifest.mount_path, "/meta/aws-iam");
     let volume = SecretVolume::start(env, &ns, NAME, &VolumeSpec::default()).await;
     let mut aws_env = manifest.aws_env.clone();
+    aws_env.push(("AWS_CONFIG_FILE", "/dev/null".into()));
     aws_env.push(("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()));
     let bin = start_binary_with(
         env,
@@ -208,6 +225,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
         &[
             "--refresh-limit=12s",
             &format!("--own-awsiamrole={ns}/{NAME}"),
+            &manifest.credentials_file_arg,
         ],
         Launch {
             discover_base_role_arn: true,
@@ -281,7 +299,7 @@ async fn a_bootstrapped_controller_renews_its_own_secret_and_keeps_issuing_after
     assert_eq!(
         own_renewals[1].caller_access_key,
         Some(keys[1].clone()),
-        "second renewal: the first renewal's credentials, read back through credentials.process"
+        "second renewal: the first renewal's credentials, read back from credentials.json"
     );
     let late_app = sts
         .requests()

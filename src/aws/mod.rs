@@ -2,6 +2,7 @@
 
 pub mod arn;
 pub mod discover;
+pub mod file_credentials;
 pub mod imds;
 pub mod limit;
 pub mod options;

@@ -25,6 +25,9 @@ pub struct StsSettings {
     pub endpoint: Option<String>,
     /// Upper bound for one AssumeRole call including the SDK's retries.
     pub timeout: Duration,
+    /// The controller's own credentials from this process-credentials JSON file (its own
+    /// mounted Secret) instead of the SDK's default chain.
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 /// The HTTPS client all AWS calls use: hyper + rustls with the `ring` provider.
@@ -45,6 +48,9 @@ pub async fn load_config(settings: &StsSettings) -> aws_config::SdkConfig {
     }
     if let Some(endpoint) = &settings.endpoint {
         loader = loader.endpoint_url(endpoint.clone());
+    }
+    if let Some(path) = &settings.credentials_file {
+        loader = loader.credentials_provider(super::file_credentials::FileCredentials::new(path));
     }
     loader.load().await
 }
@@ -353,6 +359,7 @@ mod tests {
                 region: Some(region.into()),
                 endpoint: None,
                 timeout: std::time::Duration::from_secs(5),
+                credentials_file: None,
             })
             .await;
             let capture = CaptureUrl::default();

@@ -9,7 +9,9 @@
 // The watchdog shells live exactly as long as the test binary; nothing waits for them.
 #![allow(clippy::zombie_processes)]
 
+pub mod helm;
 pub mod kubelet;
+pub mod pod;
 pub mod proxy;
 pub mod sts_double;
 
@@ -1169,11 +1171,22 @@ pub async fn scene(prefix: &str) -> Scene {
 /// server validates and admits it, nothing is stored). Objects without a namespace go to
 /// `default_ns` when given (namespaced kinds), else are treated as cluster-scoped.
 pub async fn apply_manifest(client: &Client, path: &str, default_ns: Option<&str>, dry_run: bool) {
+    let text = std::fs::read_to_string(repo().join(path)).expect("manifest");
+    apply_yaml(client, &text, path, default_ns, dry_run).await;
+}
+
+/// [`apply_manifest`] for YAML text (e.g. `helm template` output); `path` names it in errors.
+pub async fn apply_yaml(
+    client: &Client,
+    text: &str,
+    path: &str,
+    default_ns: Option<&str>,
+    dry_run: bool,
+) {
     use kube::api::{DynamicObject, Patch, PatchParams};
     use kube::core::GroupVersionKind;
-    let text = std::fs::read_to_string(repo().join(path)).expect("manifest");
     let mut applied = 0;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let Ok(obj) = <DynamicObject as serde::Deserialize>::deserialize(doc) else {
             continue;
         };
