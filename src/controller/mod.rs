@@ -1,6 +1,7 @@
 //! The reconcile loop: watches AWSIAMRoles and their Secrets and keeps each Secret's credentials valid.
 
 pub mod backoff;
+pub mod cache;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
@@ -83,6 +84,7 @@ pub async fn run(
     // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
     let roles = watcher(roles_api, watcher::Config::default())
         .default_backoff()
+        .modify(cache::trim)
         .inspect(move |ev| mark_synced(ev, &roles_synced_tx))
         .reflect(role_writer)
         .applied_objects()
@@ -97,6 +99,7 @@ pub async fn run(
         watcher::Config::default().labels(secret::SELECTOR),
     )
     .default_backoff()
+    .modify(cache::trim)
     .inspect(move |ev| mark_synced(ev, &secrets_synced_tx))
     .reflect(secret_writer)
     .touched_objects();
@@ -116,6 +119,7 @@ pub async fn run(
         ctx.policy.attach(store);
         watcher(api, config)
             .default_backoff()
+            .modify(cache::trim)
             .inspect(move |ev| mark_synced(ev, &namespaces_synced_tx))
             .reflect(writer)
             .applied_objects()
