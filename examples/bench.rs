@@ -95,9 +95,7 @@ struct Args {
 
 impl Args {
     fn period(&self, n: usize) -> Duration {
-        Duration::from_secs(
-            (self.period_per_1000_secs * n as u64 / 1000).max(self.min_period_secs),
-        )
+        Duration::from_secs((self.period_per_1000_secs * n as u64 / 1000).max(self.min_period_secs))
     }
 }
 
@@ -161,10 +159,17 @@ impl ApiCounts {
     }
 
     fn writes(&self) -> f64 {
-        ["CREATE", "UPDATE", "PATCH", "DELETE", "APPLY"]
-            .iter()
-            .map(|v| self.req(v))
-            .sum()
+        [
+            "POST",
+            "PUT",
+            "PATCH",
+            "APPLY",
+            "DELETE",
+            "DELETECOLLECTION",
+        ]
+        .iter()
+        .map(|v| self.req(v))
+        .sum()
     }
 }
 
@@ -228,6 +233,14 @@ impl Seen {
             .get(name)
             .copied()
     }
+}
+
+/// AssumeRole calls received (the controller's start-up GetCallerIdentity is not one).
+fn assume_role_calls(sts: &StsDouble) -> usize {
+    sts.requests()
+        .iter()
+        .filter(|r| r.action == "AssumeRole")
+        .count()
 }
 
 /// Successful AssumeRole calls by role ARN, in arrival order.
@@ -305,7 +318,11 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     let seen = Seen::default();
     let watch = seen.watch(client, &ns);
     let refresh_flag = format!("--refresh-limit={}s", args.refresh_limit_secs);
-    let mut flags: Vec<&str> = vec!["--leader-elect=false", "--log-level=warn", refresh_flag.as_str()];
+    let mut flags: Vec<&str> = vec![
+        "--leader-elect=false",
+        "--log-level=warn",
+        refresh_flag.as_str(),
+    ];
     flags.extend(args.controller_args.iter().map(String::as_str));
     let long = Duration::from_secs(3600);
 
@@ -317,13 +334,13 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     })
     .await;
     let cold_s = t.elapsed().as_secs_f64();
-    let cold_sts = sts.total_calls();
+    let cold_sts = assume_role_calls(&sts);
     let rss_cold = rss_bytes(&bin);
     eprintln!("bench N={n}: cold start {cold_s:.2} s, {cold_sts} STS calls");
     bin.kill();
 
     // Restart.
-    let before = sts.total_calls();
+    let before = assume_role_calls(&sts);
     let t = Instant::now();
     let bin = start_binary(env, &ns, &sts.endpoint, &flags).await;
     wait_for_within("ready after restart", long, || async {
@@ -342,7 +359,7 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     })
     .await;
     let restart_settled_s = t.elapsed().as_secs_f64();
-    let restart_sts = sts.total_calls() - before;
+    let restart_sts = assume_role_calls(&sts) - before;
     // A call is due when the role's previous credentials reached the refresh window.
     let restart_start = t;
     let due_after = period.saturating_sub(Duration::from_millis(1500));
@@ -385,12 +402,12 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     let all = n + args.p1_samples;
     let window = period.mul_f64(args.steady_periods);
     let api_before = api_counts(client).await;
-    let sts_before = sts.total_calls();
+    let sts_before = assume_role_calls(&sts);
     let t = Instant::now();
     tokio::time::sleep(window).await;
     let api_after = api_counts(client).await;
     let window_s = t.elapsed().as_secs_f64();
-    let renewals = sts.total_calls() - sts_before;
+    let renewals = assume_role_calls(&sts) - sts_before;
     let rss_steady = rss_bytes(&bin);
     let by_role = issues_by_role(&sts);
     let intervals: Vec<f64> = by_role
@@ -493,7 +510,10 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
             (r.cold_sts.to_string(), Some(r.cold_sts == r.n))
         }),
         line("P3 LIST requests in the steady window", "0", &|r| {
-            (format!("{:.0}", r.api.req("LIST")), Some(r.api.req("LIST") == 0.0))
+            (
+                format!("{:.0}", r.api.req("LIST")),
+                Some(r.api.req("LIST") == 0.0),
+            )
         }),
         line("P3 renewals in the steady window", "", &|r| {
             (r.renewals.to_string(), None)
@@ -518,20 +538,16 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
                 None,
             )
         }),
-        line(
-            "P3 non-WATCH requests per hour at 1 h sessions",
-            "",
-            &|r| {
-                let total: f64 = r
-                    .api
-                    .requests
-                    .iter()
-                    .filter(|(v, _)| v.as_str() != "WATCH")
-                    .map(|(_, c)| c)
-                    .sum();
-                (format!("{:.0}", per_real_hour(r, total)), None)
-            },
-        ),
+        line("P3 non-WATCH requests per hour at 1 h sessions", "", &|r| {
+            let total: f64 = r
+                .api
+                .requests
+                .iter()
+                .filter(|(v, _)| v.as_str() != "WATCH")
+                .map(|(_, c)| c)
+                .sum();
+            (format!("{:.0}", per_real_hour(r, total)), None)
+        }),
         line("P3 response bytes per hour at 1 h sessions", "", &|r| {
             let total: f64 = r.api.bytes.values().sum();
             (format!("{:.0}", per_real_hour(r, total)), None)
@@ -558,7 +574,10 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
         ),
         line("P4 RSS per role after renewals (KiB)", "", &|r| {
             (
-                format!("{:.1}", r.rss_steady / 1024.0 / (r.n + args.p1_samples) as f64),
+                format!(
+                    "{:.1}",
+                    r.rss_steady / 1024.0 / (r.n + args.p1_samples) as f64
+                ),
                 None,
             )
         }),
@@ -568,17 +587,24 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
             &|r| {
                 let ratio = r.interval_mean_s / r.period_s;
                 (
-                    format!("{ratio:.3} ({:.1} s / {:.0} s)", r.interval_mean_s, r.period_s),
+                    format!(
+                        "{ratio:.3} ({:.1} s / {:.0} s)",
+                        r.interval_mean_s, r.period_s
+                    ),
                     Some(r.intervals > 0 && (ratio - 1.0).abs() <= args.p5_tolerance),
                 )
             },
         ),
-        line("P5 shortest renewal interval (s)", "≥ period − 1.5 s", &|r| {
-            (
-                format!("{:.1}", r.interval_min_s),
-                Some(r.interval_min_s >= r.period_s - 1.5),
-            )
-        }),
+        line(
+            "P5 shortest renewal interval (s)",
+            "≥ period − 1.5 s",
+            &|r| {
+                (
+                    format!("{:.1}", r.interval_min_s),
+                    Some(r.interval_min_s >= r.period_s - 1.5),
+                )
+            },
+        ),
         line(
             "P5 AssumeRole per role per hour at 1 h sessions",
             &format!("{:.3} (the rule)", 3600.0 / real_period),
@@ -593,12 +619,16 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
         line("restart: every role reconciled (s)", "", &|r| {
             (format!("{:.2}", r.restart_settled_s), None)
         }),
-        line("restart: AssumeRole calls (all / for valid credentials)", "0 for valid", &|r| {
-            (
-                format!("{} / {}", r.restart_sts, r.restart_sts_early),
-                Some(r.restart_sts_early == 0),
-            )
-        }),
+        line(
+            "restart: AssumeRole calls (all / for valid credentials)",
+            "0 for valid",
+            &|r| {
+                (
+                    format!("{} / {}", r.restart_sts, r.restart_sts_early),
+                    Some(r.restart_sts_early == 0),
+                )
+            },
+        ),
         line("restart: RSS (MiB)", "", &|r| {
             (format!("{:.1}", r.rss_restart / MIB), None)
         }),

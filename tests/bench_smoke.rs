@@ -14,7 +14,8 @@ fn the_benchmark_prints_its_table_at_twenty_roles_and_meets_the_load_independent
         .status()
         .expect("cargo build --example bench");
     assert!(built.success(), "cargo build --example bench failed");
-    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/bench");
+    let bench =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/bench");
     // Time and memory targets are for the release build on an idle machine (scripts/bench.sh):
     // here, a debug build on a shared machine, they are widened; the others are kept.
     let out = Command::new(&bench)
