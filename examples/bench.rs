@@ -322,6 +322,9 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
         "--leader-elect=false",
         "--log-level=warn",
         refresh_flag.as_str(),
+        // The requeue floor is the backoff base: compressed like the sessions, or it alone
+        // would make a 30 s renewal period up to 5 s late.
+        "--backoff-base=1s",
     ];
     flags.extend(args.controller_args.iter().map(String::as_str));
     let long = Duration::from_secs(3600);
