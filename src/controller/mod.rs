@@ -1,6 +1,7 @@
 //! The reconcile loop: watches AWSIAMRoles and their Secrets and keeps each Secret's credentials valid.
 
 pub mod backoff;
+pub mod cache;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
@@ -86,6 +87,7 @@ pub async fn run(
         .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
         .filter(relist_at_once)
         .default_backoff()
+        .modify(cache::trim)
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(
@@ -104,6 +106,7 @@ pub async fn run(
     })
     .filter(relist_at_once)
     .default_backoff()
+    .modify(cache::trim)
     .reflect(secret_writer)
     .touched_objects();
 
@@ -125,6 +128,7 @@ pub async fn run(
             .inspect(move |ev| observe(ev, "namespaces", &namespaces_synced_tx, &metrics))
             .filter(relist_at_once)
             .default_backoff()
+            .modify(cache::trim)
             .reflect(writer)
             .applied_objects()
             .predicate_filter(predicates::annotations, Default::default())
