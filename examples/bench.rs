@@ -43,6 +43,18 @@ const SESSION_SECS: i64 = 3600;
 const DEFAULT_REFRESH_LIMIT_SECS: f64 = 900.0;
 /// The writes one renewal needs: the Secret, the AWSIAMRole's status and the Event saying so.
 const WRITES_PER_RENEWAL: f64 = 3.0;
+const WRITE_VERBS: &[&str] = &[
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
+/// A renewal's writes follow its AssumeRole call within this long: renewals whose call is this
+/// close to an edge of the steady window may have their call and their writes counted on
+/// different sides of it.
+const RENEWAL_SPAN: Duration = Duration::from_secs(1);
 /// The API resources the controller reads and writes (leases are left out: the benchmark runs
 /// it with `--leader-elect=false`, and the API server renews its own lease every 10 s).
 const CONTROLLER_RESOURCES: &[&str] = &["secrets", "awsiamroles", "events", "namespaces"];
@@ -104,6 +116,8 @@ impl Args {
 struct ApiCounts {
     requests: BTreeMap<String, f64>,
     bytes: BTreeMap<String, f64>,
+    /// Requests the API server answered with an error (a conflict, 4xx, 5xx), by verb.
+    failed: BTreeMap<String, f64>,
 }
 
 impl ApiCounts {
@@ -136,6 +150,11 @@ impl ApiCounts {
             let Ok(v) = value.trim().parse::<f64>() else {
                 continue;
             };
+            if line.starts_with("apiserver_request_total{")
+                && label("code").is_some_and(|code| !code.starts_with('2'))
+            {
+                *c.failed.entry(verb.to_string()).or_default() += v;
+            }
             *map.entry(verb.to_string()).or_default() += v;
         }
         c
@@ -151,6 +170,7 @@ impl ApiCounts {
         ApiCounts {
             requests: sub(&self.requests, &earlier.requests),
             bytes: sub(&self.bytes, &earlier.bytes),
+            failed: sub(&self.failed, &earlier.failed),
         }
     }
 
@@ -158,18 +178,16 @@ impl ApiCounts {
         self.requests.get(verb).copied().unwrap_or(0.0)
     }
 
+    /// Write requests the API server refused (conflicts and errors): writes wasted.
+    fn failed_writes(&self) -> f64 {
+        WRITE_VERBS
+            .iter()
+            .map(|v| self.failed.get(*v).copied().unwrap_or(0.0))
+            .sum()
+    }
+
     fn writes(&self) -> f64 {
-        [
-            "POST",
-            "PUT",
-            "PATCH",
-            "APPLY",
-            "DELETE",
-            "DELETECOLLECTION",
-        ]
-        .iter()
-        .map(|v| self.req(v))
-        .sum()
+        WRITE_VERBS.iter().map(|v| self.req(v)).sum()
     }
 }
 
@@ -275,6 +293,8 @@ struct Row {
     window_s: f64,
     api: ApiCounts,
     renewals: usize,
+    /// AssumeRole calls within [`RENEWAL_SPAN`] of either edge of the steady window.
+    edge_renewals: usize,
     rss_steady: f64,
     interval_mean_s: f64,
     interval_min_s: f64,
@@ -410,7 +430,18 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     tokio::time::sleep(window).await;
     let api_after = api_counts(client).await;
     let window_s = t.elapsed().as_secs_f64();
+    let t_end = Instant::now();
     let renewals = assume_role_calls(&sts) - sts_before;
+    tokio::time::sleep(RENEWAL_SPAN).await;
+    let near =
+        |at: Instant, edge: Instant| at.max(edge).duration_since(at.min(edge)) <= RENEWAL_SPAN;
+    let edge_renewals = sts
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.action == "AssumeRole" && (near(r.received_at, t) || near(r.received_at, t_end))
+        })
+        .count();
     let rss_steady = rss_bytes(&bin);
     let by_role = issues_by_role(&sts);
     let intervals: Vec<f64> = by_role
@@ -440,6 +471,7 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
         rss_restart,
         window_s,
         api: api_after.minus(&api_before),
+        edge_renewals,
         renewals,
         rss_steady,
         interval_mean_s,
@@ -523,12 +555,21 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
         }),
         line(
             "P3 writes per renewal (Secret, status, Event)",
-            &format!("≤ {WRITES_PER_RENEWAL:.0}"),
+            &format!("≤ {WRITES_PER_RENEWAL:.0} (± renewals at the window's edges)"),
             &|r| {
-                let w = r.api.writes() / r.renewals.max(1) as f64;
-                (format!("{w:.2}"), Some(w <= WRITES_PER_RENEWAL))
+                let renewals = r.renewals.max(1) as f64;
+                let w = r.api.writes() / renewals;
+                let edge = WRITES_PER_RENEWAL * r.edge_renewals as f64 / renewals;
+                (
+                    format!("{w:.3} (± {edge:.3})"),
+                    Some(w <= WRITES_PER_RENEWAL + edge),
+                )
             },
         ),
+        line("P3 failed writes (conflicts, errors)", "0", &|r| {
+            let f = r.api.failed_writes();
+            (format!("{f:.0}"), Some(f == 0.0))
+        }),
         line("P3 GETs per renewal", "", &|r| {
             (
                 format!("{:.2}", r.api.req("GET") / r.renewals.max(1) as f64),
@@ -685,8 +726,8 @@ async fn main() {
     println!("{text}");
     for r in &rows {
         println!(
-            "N = {}: steady window {:.0} s, renewal period {:.0} s, requests by verb {:?}, response bytes by verb {:?}",
-            r.n, r.window_s, r.period_s, r.api.requests, r.api.bytes
+            "N = {}: steady window {:.0} s, renewal period {:.0} s, requests by verb {:?}, failed {:?}, response bytes by verb {:?}, renewals at the edges {}",
+            r.n, r.window_s, r.period_s, r.api.requests, r.api.failed, r.api.bytes, r.edge_renewals
         );
     }
     if missed > 0 {

@@ -43,6 +43,7 @@ pub struct Metrics {
     watch_expired: Family<Labels, Counter>,
     watch_relists: Family<Labels, Counter>,
     writes_skipped: Family<Labels, Counter>,
+    secret_observations: Family<Labels, Counter>,
     roles_state: Mutex<HashMap<String, RoleState>>,
     policy_state: Mutex<HashMap<String, PolicyState>>,
 }
@@ -114,6 +115,12 @@ impl Metrics {
         let watch_expired = Family::<Labels, Counter>::default();
         let watch_relists = Family::<Labels, Counter>::default();
         let writes_skipped = Family::<Labels, Counter>::default();
+        let secret_observations = Family::<Labels, Counter>::default();
+        registry.register(
+            "secret_observations",
+            "How reconciles observed their Secret: cache (metadata cached, data known from this process's last write or read), absent (not in the synced cache), api (read live)",
+            secret_observations.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
@@ -201,6 +208,7 @@ impl Metrics {
             watch_expired,
             watch_relists,
             writes_skipped,
+            secret_observations,
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
         }
@@ -244,6 +252,13 @@ impl Metrics {
     pub fn set_backoff(&self, objects: usize) {
         self.in_backoff
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    }
+
+    /// Counts how a reconcile observed its Secret (`source`: cache, absent, api).
+    pub fn secret_observed(&self, source: &'static str) {
+        self.secret_observations
+            .get_or_create(&vec![("source", source)])
+            .inc();
     }
 
     /// Counts an STS call or write (`what`: sts, secret, status, event, delete) not made.

@@ -940,3 +940,61 @@ async fn a_labelled_secret_without_an_owner_is_kept_for_the_grace_period() {
     .await;
     ctl.stop().await;
 }
+
+/// A renewal is one reconcile that reads nothing live: the Secret's data is known from the
+/// controller's own write (its metadata is in the watch cache), the status is patched against
+/// the cached AWSIAMRole, and the watch event of its own Secret write triggers no second
+/// reconcile. The old controller read the Secret and the AWSIAMRole live in every reconcile
+/// and reconciled again on its own write and once more before each renewal (five reconciles
+/// by the end of the first renewal, where this asks for at most three).
+#[tokio::test]
+async fn a_renewal_is_one_reconcile_that_reads_nothing_live() {
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        sts,
+        ..
+    } = scene("lean").await;
+    let arn = format!("{ARN_PREFIX}lean");
+    // 60 s credentials renewed 25 s before expiry: once, 35 s after the first issue.
+    sts.lifetime(&arn, Duration::from_secs(60));
+    let mut settings = test_settings();
+    settings.refresh_limit = Duration::from_secs(25);
+    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    roles
+        .create(&PostParams::default(), &role("lean", "lean", 900))
+        .await
+        .expect("create");
+    let first = secret_where(&secrets, "lean", |_| true).await;
+    wait_for("the renewal", || async {
+        (sts.assume_role_calls(&arn) >= 2).then_some(())
+    })
+    .await;
+    let renewed = secret_where(&secrets, "lean", |s| {
+        data(s, "credentials.json") != data(&first, "credentials.json")
+    })
+    .await;
+    wait_for("the renewed status", || async {
+        let status = roles.get("lean").await.ok()?.status?;
+        (status.expiration.as_deref() == Some(data(&renewed, "expire").as_str())).then_some(())
+    })
+    .await;
+    // Let a second reconcile triggered by the controller's own writes, if any, happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = ctl.ctx.metrics.render();
+    let reconciles = support::metric(&text, "kaic_reconciles_total{result=\"ok\"}");
+    let from_api = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kaic_secret_observations_total{source=\"api\"} "))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(f64::NAN));
+    assert!(
+        reconciles <= 3.0,
+        "{reconciles} reconciles for one create and one renewal"
+    );
+    assert_eq!(from_api, 0.0, "no live read of the Secret:\n{text}");
+    assert!(support::metric(&text, "kaic_secret_observations_total{source=\"cache\"}") >= 1.0);
+    assert_eq!(sts.assume_role_calls(&arn), 2);
+    ctl.stop().await;
+}

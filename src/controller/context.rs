@@ -4,13 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
 use super::backoff::Backoff;
+use super::known::SecretKnowledge;
 use super::leader::Leadership;
 use super::learned::Learned;
 use super::status::{self, Announce, Note, Outcome, Severity};
@@ -61,7 +65,11 @@ pub struct Context {
     pub client: Client,
     pub issuer: Arc<dyn CredentialIssuer>,
     pub settings: Settings,
+    /// Publishes Warning Events: repeats within six minutes become one Event's series. Its
+    /// cache holds every Event it published in that time, so Normal Events (one per issue,
+    /// each different) bypass it: see [`Context::event`].
     pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
     /// This replica's claim to act: see [`Context::is_leader`].
@@ -70,6 +78,8 @@ pub struct Context {
     pub policy: super::policy::PolicyContext,
     /// Learned while running: the discovered base role ARN, role chaining.
     pub learned: Arc<Learned>,
+    /// The Secrets' metadata cache and what this process last wrote or read of each.
+    pub secrets: SecretKnowledge,
 }
 
 /// What a [`Context`] is wired to besides the API server, STS and the settings.
@@ -96,7 +106,8 @@ impl Context {
             instance: Some(wiring.instance),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             issuer,
             settings,
@@ -105,6 +116,7 @@ impl Context {
             leader: wiring.leader,
             policy: wiring.policy,
             learned: wiring.learned,
+            secrets: SecretKnowledge::default(),
         }
     }
 
@@ -130,10 +142,10 @@ impl Context {
         self.learned.base_role_arn()
     }
 
-    /// Writes the status for `outcome`, computed from the object it patches (read live) and
-    /// only when it changes something; never for an object that moved on to a newer
-    /// generation. The patch carries the live resourceVersion: a change in between is a
-    /// conflict, retried with backoff.
+    /// Writes the status for `outcome`, computed from the object it patches and only when it
+    /// changes something; never for an object that moved on to a newer generation. The patch
+    /// carries the resourceVersion of the object it was computed from (the cached one, then,
+    /// after a conflict, the live one): a change in between is a conflict, never overwritten.
     pub async fn write_status(
         &self,
         role: &AWSIAMRole,
@@ -161,6 +173,17 @@ impl Context {
         }
         let api: Api<AWSIAMRole> =
             Api::namespaced(self.client.clone(), &role.namespace().unwrap_or_default());
+        // First against the object as the watch delivered it, with its resourceVersion as the
+        // precondition: no read in the common case. A conflict means it moved on (a newer
+        // generation, our own write not yet in the cache): read it live and judge again.
+        if role.resource_version().is_some()
+            && status::may_write(role.meta().generation, cached, outcome.generation())
+        {
+            match self.patch_status(&api, role, outcome, now).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                done => return done,
+            }
+        }
         let Some(live) = api.get_opt(&role.name_any()).await? else {
             return Ok(Transition::Unchanged);
         };
@@ -173,7 +196,19 @@ impl Context {
         {
             return Ok(Transition::Unchanged);
         }
-        let current = live.status.as_ref();
+        self.patch_status(&api, &live, outcome, now).await
+    }
+
+    /// Patches the status of `object` (as read, with its resourceVersion as the precondition)
+    /// for `outcome`, when that changes it.
+    async fn patch_status(
+        &self,
+        api: &Api<AWSIAMRole>,
+        object: &AWSIAMRole,
+        outcome: &Outcome,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Transition, kube::Error> {
+        let current = object.status.as_ref();
         let next = status::next(current, outcome, now);
         if current == Some(&next) {
             return Ok(Transition::Unchanged);
@@ -185,14 +220,14 @@ impl Context {
         // against the schema and fails (500) on one whose spec does not match it (an
         // `InvalidSpec` object), which is exactly the one that needs its status written.
         let patch = json!({
-            "metadata": {"resourceVersion": live.resource_version()},
+            "metadata": {"resourceVersion": object.resource_version()},
             "status": status::merge_patch(current, &next),
         });
         let pp = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..PatchParams::default()
         };
-        api.patch_status(&role.name_any(), &pp, &Patch::Merge(&patch))
+        api.patch_status(&object.name_any(), &pp, &Patch::Merge(&patch))
             .await?;
         Ok(if status::is_transition(current, &next) {
             Transition::Changed
@@ -210,7 +245,12 @@ impl Context {
         self.event(role, note).await;
     }
 
-    /// Publishes an Event; a failure to do so is logged, never fatal.
+    /// Publishes an Event; a failure to do so is logged, never fatal. Warnings go through
+    /// kube's [`Recorder`], which folds a warning repeated within six minutes into a series
+    /// on one Event; Normal Events (`CreateCredentials`, `UpdateCredentials`: one per issue,
+    /// never a repeat) are created directly, so the recorder's cache, which it scans on every
+    /// publish, stays as small as the number of recent warnings instead of the number of
+    /// roles.
     pub async fn event(&self, role: &AWSIAMRole, note: Note) {
         if !self.may_write("event") {
             return;
@@ -226,8 +266,56 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &role.object_ref(&())).await {
+        let reference = role.object_ref(&());
+        let published = match type_ {
+            EventType::Warning => self.recorder.publish(&ev, &reference).await,
+            EventType::Normal => self.create_event(&ev, reference).await,
+        };
+        if let Err(e) = published {
             warn!(error = %e, reason = note.reason, "could not publish event");
         }
+    }
+
+    /// Creates an `events.k8s.io/v1` Event as kube's [`Recorder`] does for a first occurrence.
+    async fn create_event(
+        &self,
+        ev: &Event,
+        regarding: ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = format!(
+            "{}.{:x}",
+            regarding.name.as_deref().unwrap_or(MANAGER),
+            now.as_nanosecond()
+        );
+        let event = K8sEvent {
+            action: Some(ev.action.clone()),
+            reason: Some(ev.reason.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding),
+            note: ev.note.clone(),
+            metadata: ObjectMeta {
+                namespace: Some(namespace.clone()),
+                name: Some(name),
+                ..ObjectMeta::default()
+            },
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            type_: Some("Normal".into()),
+            ..K8sEvent::default()
+        };
+        Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
     }
 }

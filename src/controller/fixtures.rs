@@ -120,6 +120,15 @@ impl Received {
         self.ok(&body);
     }
 
+    /// 409: the resourceVersion precondition failed.
+    pub fn conflict(self) {
+        self.status(
+            StatusCode::CONFLICT,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+        );
+    }
+
     pub fn not_found(self) {
         self.status(
             StatusCode::NOT_FOUND,
@@ -219,11 +228,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_role_gets_its_secret_and_a_status_computed_from_the_live_object() {
+    async fn a_new_role_gets_its_secret_and_a_status_patched_against_the_cached_object() {
         let sts = FakeSts::new(Duration::from_secs(3600));
         let (ctx, mut api, _leader) = context(sts.clone());
         let r = role("app", "app", 1);
-        let live = r.clone();
         let server = tokio::spawn(async move {
             api.expect(Method::GET, &secret_path("app"))
                 .await
@@ -235,7 +243,7 @@ mod tests {
             assert_eq!(meta["ownerReferences"][0]["blockOwnerDeletion"], true);
             assert_eq!(meta["ownerReferences"][0]["controller"], true);
             create.echo();
-            api.expect(Method::GET, &role_path("app")).await.ok(&live);
+            // No read of the AWSIAMRole: the patch carries the cached resourceVersion.
             let status = api
                 .expect(Method::PATCH, &format!("{}/status", role_path("app")))
                 .await;
@@ -264,11 +272,11 @@ mod tests {
         // The status already says what the reconcile would write.
         let outcome = crate::controller::status::Outcome::Ready {
             role_arn: format!("{BASE}app"),
-            expiration: secret::read(&s).expect("readable").credentials.expiration,
+            expiration: secret::read(&s).expect("readable").expiration,
             generation: 1,
             message: crate::controller::status::ready_message(
                 &format!("{BASE}app"),
-                secret::read(&s).expect("readable").credentials.expiration,
+                secret::read(&s).expect("readable").expiration,
                 crate::aws::options::SessionLength::new(3600, false),
             ),
             would_deny: None,
@@ -293,7 +301,13 @@ mod tests {
         let newer = role("app", "other", 2);
         let server = tokio::spawn(async move {
             api.expect(Method::GET, &secret_path("app")).await.ok(&s);
-            // The cache is behind: the object moved on to generation 2. No status patch follows.
+            // The cache is behind: the patch computed from it conflicts, the live object moved
+            // on to generation 2, and no second patch follows.
+            let status = api
+                .expect(Method::PATCH, &format!("{}/status", role_path("app")))
+                .await;
+            assert_eq!(status.body["metadata"]["resourceVersion"], "100");
+            status.conflict();
             api.expect(Method::GET, &role_path("app")).await.ok(&newer);
         });
         within(reconcile::reconcile_role(&cached, &ctx))

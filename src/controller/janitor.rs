@@ -99,6 +99,10 @@ pub async fn sweep(
             Err(e) => warn!(namespace = ns, name, error = %e, "could not remove orphaned secret"),
         }
     }
+    ctx.secrets.retain(|key| {
+        key.split_once('/')
+            .is_some_and(|(ns, name)| roles.get(&ObjectRef::new(name).within(ns)).is_some())
+    });
     for key in ctx.metrics.tracked_roles() {
         if let Some((ns, name)) = key.split_once('/')
             && roles.get(&ObjectRef::new(name).within(ns)).is_none()

@@ -6,6 +6,7 @@ pub mod context;
 #[cfg(test)]
 pub mod fixtures;
 pub mod janitor;
+pub mod known;
 pub mod leader;
 pub mod learned;
 pub mod plan;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
@@ -95,6 +96,8 @@ pub async fn run(
             Default::default(),
         );
     let (secret_store, secret_writer) = reflector::store();
+    ctx.secrets
+        .attach(secret_store.clone(), secrets_synced.clone());
     // Metadata only: the controller keeps no credentials in memory for the watch.
     let secrets = watcher(
         secrets_api,
@@ -108,7 +111,21 @@ pub async fn run(
     .default_backoff()
     .modify(cache::trim)
     .reflect(secret_writer)
-    .touched_objects();
+    // A Secret at the version this process wrote (or last read) tells it nothing new: its own
+    // writes trigger no second reconcile (see `known::SecretKnowledge::triggers`). Deletions
+    // always do.
+    .try_filter_map({
+        let ctx = ctx.clone();
+        move |event| {
+            std::future::ready(Ok(match event {
+                watcher::Event::Delete(secret) => Some(secret),
+                watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
+                    ctx.secrets.triggers(&secret).then_some(secret)
+                }
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            }))
+        }
+    });
 
     // The namespace role policy reads the Namespaces' annotations: watched (metadata only), and
     // a changed annotation reconciles every AWSIAMRole of that namespace.

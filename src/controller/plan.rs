@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::backoff;
 use super::context::Settings;
 use super::policy::Judgement;
-use super::secret::{self, Content, Issuance, Ownership, Stored};
+use super::secret::{self, Content, Issuance, Known, Ownership, Stored};
 use super::status::{self, Announce, Note, Outcome, Severity};
 use crate::aws::arn::{self, BaseRoleArn, RoleArn};
 use crate::aws::options::SessionLength;
@@ -52,8 +52,12 @@ impl IssueReason {
 pub struct Observed<'a> {
     /// The AWSIAMRole as the watch delivered it.
     pub role: &'a AWSIAMRole,
-    /// The Secret of the same name, read live.
+    /// The Secret of the same name: read live (with its data), or, when `known` is set, its
+    /// metadata from the watch cache.
     pub secret: Option<&'a Secret>,
+    /// What `secret`'s data holds, when it was observed without it: this process wrote or
+    /// read this very resourceVersion in full before.
+    pub known: Option<&'a Known>,
     pub now: DateTime<Utc>,
     pub settings: &'a Settings,
     /// The prefix for bare role names, if known.
@@ -143,9 +147,14 @@ pub fn refresh_at(
     expiration - limit.min(lifetime / 2)
 }
 
-/// When to reconcile again for credentials that refresh at `refresh_at`: that moment brought
-/// forward by `jitter` (0.0 to 1.0) of a tenth of the time left, so a fleet issued at the same
-/// moment does not renew in the same second. Never sooner than `floor` (the backoff base).
+/// Longest delay [`requeue_after`] adds after the refresh point.
+pub const REQUEUE_SPREAD_MAX: Duration = Duration::from_secs(30);
+
+/// When to reconcile again for credentials that refresh at `refresh_at`: at that moment, or
+/// up to `jitter` (0.0 to 1.0) of a hundredth of the time left after it (at most
+/// [`REQUEUE_SPREAD_MAX`]), so a fleet issued in the same second does not renew in the same
+/// second, and the one look that follows renews: never sooner than the refresh point, and never
+/// sooner than `floor` (the backoff base).
 pub fn requeue_after(
     refresh_at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -153,8 +162,10 @@ pub fn requeue_after(
     floor: Duration,
 ) -> Duration {
     let left = (refresh_at - now).to_std().unwrap_or_default();
-    let spread = left.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
-    (left - spread).max(floor)
+    let spread = left
+        .mul_f64(0.01 * jitter.clamp(0.0, 1.0))
+        .min(REQUEUE_SPREAD_MAX);
+    (left + spread).max(floor)
 }
 
 /// The requeue after a failure retrying will not fix (access denied, a name conflict): the
@@ -220,17 +231,14 @@ fn deny(obs: &Observed<'_>, role_arn: &str, denial: Denial) -> Plan {
     if obs.secret.is_some() {
         message.push_str("; the Secret holds no credentials");
     }
-    let secret = obs
-        .secret
-        .filter(|s| secret::holds_credentials(s))
-        .map(|s| {
-            secret::desired(
-                Some(s),
-                obs.role,
-                role_arn,
-                Content::Withdrawn { issuance: None },
-            )
-        });
+    let secret = obs.secret.filter(|_| holds_credentials(obs)).map(|s| {
+        secret::desired(
+            Some(s),
+            obs.role,
+            role_arn,
+            Content::Withdrawn { issuance: None },
+        )
+    });
     Plan::Write(Writes {
         secret,
         status: Some(Outcome::Withdrawn {
@@ -260,6 +268,30 @@ fn policy_state(would_deny: Option<&Denial>) -> PolicyState {
     match would_deny {
         Some(_) => PolicyState::WouldDeny,
         None => PolicyState::Permitted,
+    }
+}
+
+/// The credentials in the observed Secret, from its data or from what is known of it.
+fn stored(obs: &Observed<'_>) -> Option<Stored> {
+    match obs.known {
+        Some(known) => obs.secret.and_then(|metadata| known.stored(metadata)),
+        None => obs.secret.and_then(secret::read),
+    }
+}
+
+fn holds_credentials(obs: &Observed<'_>) -> bool {
+    match obs.known {
+        Some(known) => known.holds_credentials,
+        None => obs.secret.is_some_and(secret::holds_credentials),
+    }
+}
+
+/// The request the observed Secret's credentials were withdrawn for, if they were.
+fn withdrawn(obs: &Observed<'_>) -> Option<Issuance> {
+    let secret = obs.secret?;
+    match obs.known {
+        Some(known) => secret::withdrawn_given(secret, known.holds_json),
+        None => secret::withdrawn(secret),
     }
 }
 
@@ -375,10 +407,10 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
         options,
     };
     let request_hash = request_hash(&request, length.requested);
-    let stored = obs.secret.and_then(secret::read);
+    let stored = stored(obs);
     // Credentials withdrawn after STS refused this very request: asked again only after the
     // slow requeue, not on the watch event of the withdrawal itself.
-    if let Some(w) = obs.secret.and_then(secret::withdrawn) {
+    if let Some(w) = withdrawn(obs) {
         let uid = role.meta().uid.as_deref().unwrap_or_default();
         let retry_at = w.issued_at
             + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
@@ -397,14 +429,10 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
     let keep = match (&stored, reason) {
         (Some(stored), None) => {
             let issued_at = stored.issuance.as_ref().map_or_else(
-                || stored.credentials.expiration - chrono::Duration::seconds(length.seconds),
+                || stored.expiration - chrono::Duration::seconds(length.seconds),
                 |i| i.issued_at,
             );
-            let at = refresh_at(
-                issued_at,
-                stored.credentials.expiration,
-                obs.settings.refresh_limit,
-            );
+            let at = refresh_at(issued_at, stored.expiration, obs.settings.refresh_limit);
             (obs.now < at).then_some((stored, at))
         }
         _ => None,
@@ -420,21 +448,21 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
             would_deny,
         });
     };
-    let desired = secret::desired(
-        obs.secret,
-        role,
-        &role_arn,
-        Content::Credentials {
-            creds: &stored.credentials,
+    let content = match &stored.credentials {
+        Some(creds) => Content::Credentials {
+            creds,
             issuance: None,
         },
-    );
+        // Known to be as this process last saw it: only the metadata can need a repair.
+        None => Content::Unchanged,
+    };
+    let desired = secret::desired(obs.secret, role, &role_arn, content);
     let repair = obs.secret.is_none_or(|s| secret::needs_repair(s, &desired));
     Plan::Write(Writes {
         secret: repair.then_some(desired),
         status: Some(ready(
             &role_arn,
-            stored.credentials.expiration,
+            stored.expiration,
             generation(role),
             length,
             would_deny.as_ref(),
@@ -555,11 +583,11 @@ fn failed(obs: &Observed<'_>, issue: &Issue, e: &IssueError, now: DateTime<Utc>)
     let kept = issue
         .stored
         .as_ref()
-        .filter(|s| !withdraw && s.credentials.expiration > now)
+        .filter(|s| !withdraw && s.expiration > now)
         .map(|s| {
             format!(
                 "; the Secret keeps the previous credentials, valid until {}",
-                secret::go_rfc3339(&s.credentials.expiration)
+                secret::go_rfc3339(&s.expiration)
             )
         })
         .unwrap_or_default();
@@ -672,6 +700,7 @@ mod tests {
         Observed {
             role,
             secret,
+            known: None,
             now: now(),
             settings,
             base_role_arn: None,
@@ -776,10 +805,91 @@ mod tests {
             requeue_after(at, now(), 0.0, floor),
             Duration::from_secs(1000)
         );
+        // The spread comes after the refresh point, never before it, and is capped.
         assert_eq!(
             requeue_after(at, now(), 1.0, floor),
-            Duration::from_secs(900)
+            Duration::from_secs(1010)
         );
+        let far = now() + secs(10_000);
+        assert_eq!(
+            requeue_after(far, now(), 1.0, floor),
+            Duration::from_secs(10_000) + REQUEUE_SPREAD_MAX
+        );
+    }
+
+    /// A reconcile that sees the Secret's metadata from the cache and knows its data from its
+    /// own earlier write decides exactly as one that read the whole Secret.
+    #[test]
+    fn a_secret_known_from_its_own_write_is_decided_without_its_data() {
+        let s = settings();
+        let r = role(ARN, 1);
+        let mut secret = issued_secret(&r, &s, 3600);
+        secret.metadata.resource_version = Some("7".into());
+        let known = Known::of(&secret).expect("known");
+        assert!(known.credentials.is_some());
+        let meta = Secret {
+            metadata: secret.metadata.clone(),
+            ..Secret::default()
+        };
+        let mut with_data = obs(&r, Some(&secret), &s);
+        let mut without = obs(&r, Some(&meta), &s);
+        without.known = Some(&known);
+        // Fresh: kept, nothing written, same requeue and status.
+        let (Plan::Write(a), Plan::Write(b)) = (decide(&with_data), decide(&without)) else {
+            panic!("kept")
+        };
+        assert_eq!(b.secret, None);
+        assert_eq!((a.requeue, a.status), (b.requeue, b.status));
+        // Expiring: issued for the same reason, and the patch sets every credentials key.
+        with_data.now = now() + secs(2800);
+        without.now = now() + secs(2800);
+        let (Plan::Issue(ia), Plan::Issue(ib)) = (decide(&with_data), decide(&without)) else {
+            panic!("issue")
+        };
+        assert_eq!((ia.reason, &ia.request), (ib.reason, &ib.request));
+        let w = resolve(&without, &ib, Ok(creds(7200)), now() + secs(2800));
+        let desired = w.secret.expect("secret");
+        let patch = secret::merge_patch(&meta, &desired);
+        for key in secret::WITHDRAWN_KEYS {
+            assert!(patch["data"][key].is_string(), "{key} set: {patch}");
+        }
+        // A label added to the role: only the metadata is repaired.
+        let mut labelled = r.clone();
+        labelled
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        let mut o = obs(&labelled, Some(&meta), &s);
+        o.known = Some(&known);
+        let Plan::Write(w) = decide(&o) else {
+            panic!("kept")
+        };
+        let desired = w.secret.expect("repair");
+        let patch = secret::merge_patch(&meta, &desired);
+        assert_eq!(patch["metadata"]["labels"]["team"], "a");
+        let data = patch["data"].as_object().expect("data");
+        assert!(
+            data.values().all(serde_json::Value::is_null),
+            "no credentials in a metadata repair: {patch}"
+        );
+        // Denied: the withdrawal nulls the credentials even though no data was observed.
+        let deny = |_: &RoleArn| {
+            Judgement::Verdict(Verdict::Denied(Denial {
+                message: "no".into(),
+            }))
+        };
+        let mut o = obs(&r, Some(&meta), &s);
+        o.known = Some(&known);
+        o.policy = &deny;
+        let Plan::Write(w) = decide(&o) else {
+            panic!("denied")
+        };
+        let patch = secret::merge_patch(&meta, &w.secret.expect("withdrawal"));
+        for key in secret::WITHDRAWN_KEYS {
+            assert!(patch["data"][key].is_null(), "{key} removed: {patch}");
+        }
+        assert!(patch["data"][secret::CREDENTIALS_PROCESS_KEY].is_string());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! One reconcile of one AWSIAMRole: observe (the role, its Secret read live), decide (pure,
-//! [`plan::decide`]), act (the STS call, the Secret, the status, the Event), requeue.
+//! One reconcile of one AWSIAMRole: observe (the role, its Secret from the watch cache or read
+//! live, [`super::known`]), decide (pure, [`plan::decide`]), act (the STS call, the Secret, the
+//! status, the Event), requeue.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::context::{Context, MANAGER, Transition};
+use super::known::Observation;
 use super::plan::{self, Observed, Plan, Requeue, Writes};
 use super::status::Note;
 use crate::aws::arn::RoleArn;
@@ -69,16 +71,32 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     if !ctx.is_leader() || role.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    // Observe.
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &role.namespace().unwrap_or_default());
-    let existing = secrets.get_opt(&role.name_any()).await?;
+    // Observe: the Secret from the watch cache when its data is known, else read live.
+    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (existing, known) = match ctx.secrets.observe(&ns, &name) {
+        Observation::Absent => {
+            ctx.metrics.secret_observed("absent");
+            (None, None)
+        }
+        Observation::Cached { metadata, known } => {
+            ctx.metrics.secret_observed("cache");
+            (Some(*metadata), Some(*known))
+        }
+        Observation::ReadLive => {
+            ctx.metrics.secret_observed("api");
+            let live = secrets.get_opt(&name).await?;
+            ctx.secrets.record(&ns, &name, live.as_ref());
+            (live, None)
+        }
+    };
     let base = ctx.base_role_arn();
     let key = key(role);
     let judge = |arn: &RoleArn| ctx.policy.judge(role, arn, base.as_ref());
     let observed = |now| Observed {
         role,
         secret: existing.as_ref(),
+        known: known.as_ref(),
         now,
         settings: &ctx.settings,
         base_role_arn: base.as_ref(),
@@ -144,20 +162,24 @@ async fn act(
     if let Some(state) = policy {
         ctx.metrics.policy(&key(role), state);
     }
+    // Someone else changed the Secret right after this write: look again soon.
+    let mut changed_meanwhile = false;
     if let Some(desired) = secret {
         if !ctx.may_write("secret") {
             return Ok(Action::await_change());
         }
-        if let Err(e) = write_secret(secrets, existing, desired).await {
+        let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+        // Remembered, so that the watch event of this write triggers nothing and the next
+        // reconcile decides from the cache; after a failure the next one reads live.
+        ctx.secrets.begin_write(&ns, &name);
+        let written = write_secret(secrets, existing, desired).await;
+        changed_meanwhile = ctx.secrets.finish_write(&ns, &name, written.as_ref().ok());
+        if let Err(e) = written {
             let (reason, verb) = match existing {
                 Some(_) => ("UpdateSecretFailed", "Update"),
                 None => ("CreateSecretFailed", "Create"),
             };
-            let message = format!(
-                "{verb} of Secret {}/{} failed: {e}",
-                role.namespace().unwrap_or_default(),
-                role.name_any()
-            );
+            let message = format!("{verb} of Secret {ns}/{name} failed: {e}");
             ctx.event(role, Note::warning(reason, message)).await;
             return Err(e.into());
         }
@@ -180,14 +202,25 @@ async fn act(
         ctx.announce(role, note, transition).await;
     }
     let key = key(role);
+    let soon = |delay: std::time::Duration| {
+        if changed_meanwhile {
+            delay.min(ctx.settings.backoff_base)
+        } else {
+            delay
+        }
+    };
     let action = match requeue {
         Requeue::After(delay) => {
             ctx.backoff.reset(&key);
-            Action::requeue(delay)
+            Action::requeue(soon(delay))
         }
         Requeue::Backoff(delay) => {
             ctx.backoff.fail(&key);
             Action::requeue(delay)
+        }
+        Requeue::AwaitChange if changed_meanwhile => {
+            ctx.backoff.reset(&key);
+            Action::requeue(ctx.settings.backoff_base)
         }
         Requeue::AwaitChange => {
             ctx.backoff.reset(&key);

@@ -155,6 +155,9 @@ pub enum Content<'a> {
     /// were for a role the spec no longer names and STS refused the one it names; `issuance`
     /// then records the refused request and when.
     Withdrawn { issuance: Option<&'a Issuance> },
+    /// The data as it is: only labels, annotations and owners are brought up to date (the
+    /// Secret was observed without its data, which is known to be as this process last saw it).
+    Unchanged,
 }
 
 /// The Secret to write for `role`: built on `existing` (keys, labels, annotations and owners
@@ -217,6 +220,7 @@ pub fn desired(
         Content::Withdrawn { issuance: None } | Content::Credentials { .. } => {
             annotations.remove(WITHDRAWN_ANNOTATION);
         }
+        Content::Unchanged => {}
     }
     meta.annotations = (!annotations.is_empty()).then_some(annotations);
 
@@ -249,6 +253,7 @@ pub fn desired(
                 ByteString(CREDENTIALS_PROCESS.as_bytes().to_vec()),
             );
         }
+        Content::Unchanged => {}
     }
     secret.data = Some(data);
     if secret.type_.is_none() {
@@ -272,7 +277,9 @@ pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> S
 
 /// The JSON merge patch that turns `existing` into `desired` (both whole Secrets): our data
 /// keys, labels and annotations set, the ones to drop `null`, the owner references replaced,
-/// and `existing`'s resourceVersion as the precondition. Pure.
+/// and `existing`'s resourceVersion as the precondition. [`WITHDRAWN_KEYS`] that `desired`
+/// lacks are always `null`ed, so a patch computed from a Secret observed without its data
+/// (metadata from the watch cache) still withdraws credentials. Pure.
 pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
     use serde_json::{Map, Value};
     fn diff<V: Serialize>(
@@ -290,6 +297,14 @@ pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
         }
         Value::Object(out)
     }
+    let mut data = diff(existing.data.as_ref(), desired.data.as_ref());
+    if let Value::Object(map) = &mut data {
+        for key in WITHDRAWN_KEYS {
+            if !desired.data.as_ref().is_some_and(|d| d.contains_key(key)) {
+                map.insert(key.to_string(), Value::Null);
+            }
+        }
+    }
     serde_json::json!({
         "metadata": {
             "resourceVersion": existing.metadata.resource_version,
@@ -300,7 +315,7 @@ pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
             ),
             "ownerReferences": desired.metadata.owner_references,
         },
-        "data": diff(existing.data.as_ref(), desired.data.as_ref()),
+        "data": data,
     })
 }
 
@@ -442,7 +457,9 @@ pub fn ownership(secret: &Secret, role: &AWSIAMRole) -> Ownership {
 pub struct Stored {
     pub role_arn: String,
     pub generation: i64,
-    pub credentials: IssuedCredentials,
+    pub expiration: DateTime<Utc>,
+    /// The credentials themselves; `None` in a [`Known`] summary, which keeps none in memory.
+    pub credentials: Option<IssuedCredentials>,
     /// What they were issued for; `None` for Secrets written by the Go controller or by
     /// earlier versions, which are judged by generation and role ARN instead.
     pub issuance: Option<Issuance>,
@@ -454,16 +471,23 @@ fn text<'a>(data: &'a BTreeMap<String, ByteString>, key: &str) -> Option<&'a str
 
 /// The request a Secret without credentials was withdrawn for (see [`Content::Withdrawn`]).
 pub fn withdrawn(secret: &Secret) -> Option<Issuance> {
-    let data = secret.data.as_ref();
-    if data.is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY))
-        || !secret.annotations().contains_key(WITHDRAWN_ANNOTATION)
-    {
+    let holds_json = secret
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY));
+    withdrawn_given(secret, holds_json)
+}
+
+/// [`withdrawn`] for a Secret observed without its data, which `holds_json` describes.
+pub fn withdrawn_given(secret: &Secret, holds_json: bool) -> Option<Issuance> {
+    if holds_json || !secret.annotations().contains_key(WITHDRAWN_ANNOTATION) {
         return None;
     }
     issuance(secret)
 }
 
-fn issuance(secret: &Secret) -> Option<Issuance> {
+/// What the Secret's annotations say its credentials were issued for.
+pub fn issuance(secret: &Secret) -> Option<Issuance> {
     let annotations = secret.annotations();
     Some(Issuance {
         owner_uid: annotations.get(OWNER_UID_ANNOTATION)?.clone(),
@@ -497,9 +521,63 @@ pub fn read(secret: &Secret) -> Option<Stored> {
     Some(Stored {
         role_arn,
         generation,
-        credentials,
+        expiration,
+        credentials: Some(credentials),
         issuance,
     })
+}
+
+/// What one version of a Secret held, as this process last wrote or read it in full: while the
+/// watch cache shows the Secret at that resourceVersion, a reconcile decides from the cached
+/// metadata and this summary, without reading the data (or holding credentials) again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub resource_version: String,
+    /// What the data says of its credentials; `None` when it could not be read back.
+    pub credentials: Option<KnownCredentials>,
+    /// Any of [`WITHDRAWN_KEYS`] is present.
+    pub holds_credentials: bool,
+    /// `credentials.json` is present.
+    pub holds_json: bool,
+}
+
+/// The part of [`Stored`] a [`Known`] keeps: no credentials, and no issuance (the cached
+/// metadata's annotations carry it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownCredentials {
+    pub role_arn: String,
+    pub generation: i64,
+    pub expiration: DateTime<Utc>,
+}
+
+impl Known {
+    /// The [`Stored`] view of the Secret `metadata` (observed without its data) at this version.
+    pub fn stored(&self, metadata: &Secret) -> Option<Stored> {
+        self.credentials.as_ref().map(|c| Stored {
+            role_arn: c.role_arn.clone(),
+            generation: c.generation,
+            expiration: c.expiration,
+            credentials: None,
+            issuance: issuance(metadata),
+        })
+    }
+
+    /// The summary of `secret` (read in full: from the API server or a write's response).
+    pub fn of(secret: &Secret) -> Option<Known> {
+        Some(Known {
+            resource_version: secret.metadata.resource_version.clone()?,
+            credentials: read(secret).map(|s| KnownCredentials {
+                role_arn: s.role_arn,
+                generation: s.generation,
+                expiration: s.expiration,
+            }),
+            holds_credentials: holds_credentials(secret),
+            holds_json: secret
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -578,7 +656,8 @@ mod tests {
     fn rendered_credentials_read_back_identically() {
         let sec = render(&role(), &creds(), "arn:aws:iam::123456789012:role/app");
         let stored = read(&sec).expect("readable");
-        assert_eq!(stored.credentials, creds());
+        assert_eq!(stored.credentials, Some(creds()));
+        assert_eq!(stored.expiration, creds().expiration);
         assert_eq!(stored.generation, 3);
     }
 

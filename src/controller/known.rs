@@ -1,0 +1,305 @@
+//! What this process knows of the Secrets it manages, so that a reconcile reads a Secret from
+//! the API server only when a decision needs what the watch cache does not hold.
+//!
+//! The Secrets are watched metadata only (no credentials in the cache). For each AWSIAMRole the
+//! controller remembers a [`Known`] summary of the Secret version it last wrote or read in
+//! full: while the cache shows the Secret at that very resourceVersion, the data is as
+//! summarised (any change to a Secret, by anyone, changes its resourceVersion), so the
+//! reconcile decides from the cached metadata and the summary. Otherwise, and after a restart,
+//! it reads the Secret live, once, and remembers what it read.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::watch;
+
+use super::secret::Known;
+
+/// How a reconcile observes the Secret of an AWSIAMRole.
+#[derive(Debug)]
+pub enum Observation {
+    /// The synced cache holds no such Secret and this process never wrote or saw one: there is
+    /// none (a Secret created in the meantime makes the create fail with a conflict, retried).
+    Absent,
+    /// The cached metadata, at the version `known` describes.
+    Cached {
+        metadata: Box<Secret>,
+        known: Box<Known>,
+    },
+    /// Read the Secret from the API server.
+    ReadLive,
+}
+
+enum Entry {
+    Known(Known),
+    /// A Secret exists that the (label-selected) cache may not show: read it live.
+    Unseen,
+}
+
+/// A write of this process in flight: the watch may deliver its event before the write's
+/// response, so events of the Secret are held back until the response says whose they were.
+#[derive(Default)]
+struct Writing {
+    /// The resourceVersion of the last event held back meanwhile.
+    held_back: Option<String>,
+}
+
+#[derive(Default)]
+pub struct SecretKnowledge {
+    entries: Mutex<HashMap<String, Entry>>,
+    writing: Mutex<HashMap<String, Writing>>,
+    cache: OnceLock<(Store<PartialObjectMeta<Secret>>, watch::Receiver<bool>)>,
+}
+
+impl SecretKnowledge {
+    /// The metadata cache of the labelled Secrets, trusted once `synced` turns true. Without
+    /// it (the fast test tier) every reconcile reads its Secret live.
+    pub fn attach(&self, store: Store<PartialObjectMeta<Secret>>, synced: watch::Receiver<bool>) {
+        let _ = self.cache.set((store, synced));
+    }
+
+    /// How to observe the Secret `namespace/name`.
+    pub fn observe(&self, namespace: &str, name: &str) -> Observation {
+        let Some((store, synced)) = self.cache.get() else {
+            return Observation::ReadLive;
+        };
+        if !*synced.borrow() {
+            return Observation::ReadLive;
+        }
+        let cached = store.get(&ObjectRef::new(name).within(namespace));
+        let Ok(entries) = self.entries.lock() else {
+            return Observation::ReadLive;
+        };
+        match (cached, entries.get(&key(namespace, name))) {
+            (None, None) => Observation::Absent,
+            (Some(meta), Some(Entry::Known(known)))
+                if meta.metadata.resource_version.as_ref() == Some(&known.resource_version) =>
+            {
+                Observation::Cached {
+                    metadata: Box::new(Secret {
+                        metadata: meta.metadata.clone(),
+                        ..Secret::default()
+                    }),
+                    known: Box::new(known.clone()),
+                }
+            }
+            _ => Observation::ReadLive,
+        }
+    }
+
+    /// Remembers `secret`, just written or read in full (`None`: there is none).
+    pub fn record(&self, namespace: &str, name: &str, secret: Option<&Secret>) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        let key = key(namespace, name);
+        match secret.and_then(Known::of) {
+            Some(known) => {
+                entries.insert(key, Entry::Known(known));
+            }
+            None if secret.is_some() => {
+                entries.insert(key, Entry::Unseen);
+            }
+            None => {
+                entries.remove(&key);
+            }
+        }
+    }
+
+    /// A Secret of this name exists though the cache did not show it (a create conflicted).
+    pub fn unseen(&self, namespace: &str, name: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(key(namespace, name), Entry::Unseen);
+        }
+    }
+
+    /// Marks a write of `namespace/name` in flight; [`SecretKnowledge::finish_write`] ends it.
+    pub fn begin_write(&self, namespace: &str, name: &str) {
+        if let Ok(mut writing) = self.writing.lock() {
+            writing.insert(key(namespace, name), Writing::default());
+        }
+    }
+
+    /// Ends a write: remembers the written Secret (`None`: the write failed, read it live
+    /// next time). True when an event held back during the write was not this write's own
+    /// (someone else changed the Secret right after): the caller must reconcile again.
+    pub fn finish_write(&self, namespace: &str, name: &str, written: Option<&Secret>) -> bool {
+        let held_back = self
+            .writing
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&key(namespace, name)))
+            .and_then(|w| w.held_back);
+        match written {
+            Some(secret) => self.record(namespace, name, Some(secret)),
+            None => self.unseen(namespace, name),
+        }
+        held_back.is_some_and(|rv| {
+            written.and_then(|s| s.metadata.resource_version.as_ref()) != Some(&rv)
+        })
+    }
+
+    /// Whether the watch event of `secret` may trigger a reconcile: not when it is the version
+    /// this process last wrote or read (its own write, or a relist of what it knows), and not
+    /// while a write of it is in flight (held back: see [`SecretKnowledge::finish_write`]).
+    pub fn triggers(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let key = key(&secret.namespace().unwrap_or_default(), &secret.name_any());
+        if let Ok(mut writing) = self.writing.lock()
+            && let Some(w) = writing.get_mut(&key)
+        {
+            w.held_back = secret.metadata.resource_version.clone();
+            return false;
+        }
+        !self.is_current(secret)
+    }
+
+    /// True when `secret` is the version this process last wrote or read.
+    pub fn is_current(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let Ok(entries) = self.entries.lock() else {
+            return false;
+        };
+        let key = key(&secret.namespace().unwrap_or_default(), &secret.name_any());
+        matches!(
+            entries.get(&key),
+            Some(Entry::Known(known))
+                if secret.metadata.resource_version.as_ref() == Some(&known.resource_version)
+        )
+    }
+
+    /// Forgets every Secret whose `namespace/name` key `keep` rejects (AWSIAMRoles gone).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|k, _| keep(k));
+        }
+    }
+
+    /// Secrets remembered.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::runtime::watcher;
+
+    fn secret(rv: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("app".into()),
+                namespace: Some("team".into()),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                [("credentials.process".to_string(), ByteString(b"x".to_vec()))]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    fn meta(rv: &str) -> PartialObjectMeta<Secret> {
+        PartialObjectMeta {
+            types: None,
+            metadata: secret(rv).metadata,
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    fn knowledge(cached: Option<&str>) -> SecretKnowledge {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        if let Some(rv) = cached {
+            writer.apply_watcher_event(&watcher::Event::Apply(meta(rv)));
+        }
+        let (_tx, synced) = watch::channel(true);
+        let k = SecretKnowledge::default();
+        k.attach(store, synced);
+        k
+    }
+
+    #[test]
+    fn the_cache_answers_only_for_the_version_this_process_knows() {
+        let k = knowledge(None);
+        assert!(matches!(k.observe("team", "app"), Observation::Absent));
+        // Written but not yet in the cache: read live (never assume it is gone).
+        k.record("team", "app", Some(&secret("5")));
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+
+        let k = knowledge(Some("5"));
+        assert!(
+            matches!(k.observe("team", "app"), Observation::ReadLive),
+            "never read"
+        );
+        k.record("team", "app", Some(&secret("5")));
+        let Observation::Cached { metadata, known } = k.observe("team", "app") else {
+            panic!("cached")
+        };
+        assert_eq!(metadata.data, None, "no data from the cache");
+        assert_eq!(known.resource_version, "5");
+        assert!(k.is_current(&meta("5")));
+        assert!(!k.is_current(&meta("6")), "someone else's change");
+        k.record("team", "app", Some(&secret("4")));
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+        k.retain(|_| false);
+        assert!(k.is_empty());
+    }
+
+    #[test]
+    fn events_during_a_write_are_held_back_and_someone_elses_are_reported() {
+        let k = knowledge(None);
+        // The watch delivers the write's own event before its response: nothing to do.
+        k.begin_write("team", "app");
+        assert!(!k.triggers(&meta("5")));
+        assert!(!k.finish_write("team", "app", Some(&secret("5"))));
+        assert!(!k.triggers(&meta("5")), "its own write triggers nothing");
+        // Someone else's change lands right after the write, before its response.
+        k.begin_write("team", "app");
+        assert!(!k.triggers(&meta("6")));
+        assert!(!k.triggers(&meta("7")));
+        assert!(
+            k.finish_write("team", "app", Some(&secret("6"))),
+            "7 was not ours"
+        );
+        assert!(k.triggers(&meta("8")), "no write in flight: events trigger");
+        // A failed write: read live next time.
+        k.begin_write("team", "app");
+        assert!(!k.finish_write("team", "app", None));
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+    }
+
+    #[test]
+    fn a_conflicting_create_makes_the_next_reconcile_read_live() {
+        let k = knowledge(None);
+        k.unseen("team", "app");
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+        k.record("team", "app", None);
+        assert!(matches!(k.observe("team", "app"), Observation::Absent));
+    }
+
+    #[test]
+    fn without_a_synced_cache_every_secret_is_read_live() {
+        let k = SecretKnowledge::default();
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+        let (store, _writer) = kube::runtime::reflector::store::<PartialObjectMeta<Secret>>();
+        let (_tx, synced) = watch::channel(false);
+        k.attach(store, synced);
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+    }
+}
