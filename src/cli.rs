@@ -244,7 +244,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "KAIC_INTERVAL", default_value = "10s", value_parser = duration)]
     pub interval: Duration,
     /// AWSIAMRoles reconciled at once.
-    #[arg(long, env = "KAIC_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "KAIC_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
     /// First retry delay after a transient failure (doubles per failure).
     #[arg(long, env = "KAIC_BACKOFF_BASE", default_value = "5s", value_parser = duration)]

@@ -118,7 +118,7 @@ impl Metrics {
         let secret_observations = Family::<Labels, Counter>::default();
         registry.register(
             "secret_observations",
-            "How reconciles observed their Secret: cache (metadata cached, data known from this process's last write or read), absent (not in the synced cache), api (read live)",
+            "How reconciles observed their Secret: cache (metadata cached, data known from this process's last write or read of that version) or api (read live)",
             secret_observations.clone(),
         );
         registry.register(
@@ -254,7 +254,7 @@ impl Metrics {
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
-    /// Counts how a reconcile observed its Secret (`source`: cache, absent, api).
+    /// Counts how a reconcile observed its Secret (`source`: cache, api).
     pub fn secret_observed(&self, source: &'static str) {
         self.secret_observations
             .get_or_create(&vec![("source", source)])

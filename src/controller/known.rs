@@ -22,9 +22,6 @@ use super::secret::Known;
 /// How a reconcile observes the Secret of an AWSIAMRole.
 #[derive(Debug)]
 pub enum Observation {
-    /// The synced cache holds no such Secret and this process never wrote or saw one: there is
-    /// none (a Secret created in the meantime makes the create fail with a conflict, retried).
-    Absent,
     /// The cached metadata, at the version `known` describes.
     Cached {
         metadata: Box<Secret>,
@@ -74,8 +71,10 @@ impl SecretKnowledge {
         let Ok(entries) = self.entries.lock() else {
             return Observation::ReadLive;
         };
+        // NOTE: a Secret missing from the cache is read live too: the cache holds only the
+        // labelled Secrets, and a foreign Secret of the same name must be found before STS is
+        // asked for credentials that could not be written.
         match (cached, entries.get(&key(namespace, name))) {
-            (None, None) => Observation::Absent,
             (Some(meta), Some(Entry::Known(known)))
                 if meta.metadata.resource_version.as_ref() == Some(&known.resource_version) =>
             {
@@ -237,7 +236,8 @@ mod tests {
     #[test]
     fn the_cache_answers_only_for_the_version_this_process_knows() {
         let k = knowledge(None);
-        assert!(matches!(k.observe("team", "app"), Observation::Absent));
+        // Not in the (label-selected) cache: read live, a foreign Secret may hold the name.
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
         // Written but not yet in the cache: read live (never assume it is gone).
         k.record("team", "app", Some(&secret("5")));
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
@@ -290,7 +290,7 @@ mod tests {
         k.unseen("team", "app");
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
         k.record("team", "app", None);
-        assert!(matches!(k.observe("team", "app"), Observation::Absent));
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{info, instrument, warn};
 use super::context::{Context, MANAGER, Transition};
 use super::known::Observation;
 use super::plan::{self, Observed, Plan, Requeue, Writes};
-use super::status::Note;
+use super::status::{Announce, Note};
 use crate::aws::arn::RoleArn;
 use crate::aws::options::{self, CHAINED_MAX_SECONDS};
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
@@ -75,10 +75,6 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (existing, known) = match ctx.secrets.observe(&ns, &name) {
-        Observation::Absent => {
-            ctx.metrics.secret_observed("absent");
-            (None, None)
-        }
         Observation::Cached { metadata, known } => {
             ctx.metrics.secret_observed("cache");
             (Some(*metadata), Some(*known))
@@ -191,14 +187,25 @@ async fn act(
             None => info!("secret written without an STS call"),
         }
     }
-    let transition = match &status {
-        Some(outcome) => ctx.write_status(role, outcome).await?,
-        None => Transition::Unchanged,
-    };
-    for note in events {
-        if note.severity == super::status::Severity::Warning {
-            warn!(reason = note.reason, message = note.message, "not ready");
+    // Events published every time (credentials issued) do not wait for the status write:
+    // both go out at once. Events published on a transition wait for its answer.
+    let (always, on_transition): (Vec<Note>, Vec<Note>) = events
+        .into_iter()
+        .partition(|note| note.announce == Announce::Always);
+    let status_write = async {
+        match &status {
+            Some(outcome) => ctx.write_status(role, outcome).await,
+            None => Ok(Transition::Unchanged),
         }
+    };
+    let announced = futures::future::join_all(always.into_iter().map(|note| {
+        warn_not_ready(&note);
+        ctx.event(role, note)
+    }));
+    let (transition, _) = tokio::join!(status_write, announced);
+    let transition = transition?;
+    for note in on_transition {
+        warn_not_ready(&note);
         ctx.announce(role, note, transition).await;
     }
     let key = key(role);
@@ -229,6 +236,12 @@ async fn act(
     };
     ctx.metrics.set_backoff(ctx.backoff.len());
     Ok(action)
+}
+
+fn warn_not_ready(note: &Note) {
+    if note.severity == super::status::Severity::Warning {
+        warn!(reason = note.reason, message = note.message, "not ready");
+    }
 }
 
 /// One `AssumeRole` call, counted in the metrics; `None` when this replica is not the leader

@@ -118,6 +118,16 @@ pub const WITHDRAWN_KEYS: [&str; 5] = [
     GENERATION_KEY,
 ];
 
+/// True when `desired` is a withdrawal ([`Content::Withdrawn`]): it keeps `credentials.process`
+/// and holds none of [`WITHDRAWN_KEYS`]. (A desired Secret that leaves the data as it is
+/// carries no data keys at all.)
+pub fn is_withdrawal(desired: &Secret) -> bool {
+    desired.data.as_ref().is_some_and(|d| {
+        d.contains_key(CREDENTIALS_PROCESS_KEY)
+            && WITHDRAWN_KEYS.iter().all(|k| !d.contains_key(*k))
+    })
+}
+
 /// True when the Secret still holds any of [`WITHDRAWN_KEYS`].
 pub fn holds_credentials(secret: &Secret) -> bool {
     secret
@@ -277,9 +287,11 @@ pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> S
 
 /// The JSON merge patch that turns `existing` into `desired` (both whole Secrets): our data
 /// keys, labels and annotations set, the ones to drop `null`, the owner references replaced,
-/// and `existing`'s resourceVersion as the precondition. [`WITHDRAWN_KEYS`] that `desired`
-/// lacks are always `null`ed, so a patch computed from a Secret observed without its data
-/// (metadata from the watch cache) still withdraws credentials. Pure.
+/// and `existing`'s resourceVersion as the precondition. When `desired` withdraws the
+/// credentials ([`is_withdrawal`]) every one of [`WITHDRAWN_KEYS`] is `null`ed, so a patch
+/// computed from a Secret observed without its data (metadata from the watch cache) still
+/// removes them; a `desired` that leaves the data as it is ([`Content::Unchanged`]) patches no
+/// data at all. Pure.
 pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
     use serde_json::{Map, Value};
     fn diff<V: Serialize>(
@@ -298,11 +310,11 @@ pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
         Value::Object(out)
     }
     let mut data = diff(existing.data.as_ref(), desired.data.as_ref());
-    if let Value::Object(map) = &mut data {
+    if is_withdrawal(desired)
+        && let Value::Object(map) = &mut data
+    {
         for key in WITHDRAWN_KEYS {
-            if !desired.data.as_ref().is_some_and(|d| d.contains_key(key)) {
-                map.insert(key.to_string(), Value::Null);
-            }
+            map.insert(key.to_string(), Value::Null);
         }
     }
     serde_json::json!({
