@@ -45,6 +45,32 @@ struct Writing {
     held_back: Option<String>,
 }
 
+/// A write of one Secret in flight (see [`SecretKnowledge::begin_write`]).
+pub struct Write<'a> {
+    knowledge: &'a SecretKnowledge,
+    namespace: &'a str,
+    name: &'a str,
+    finished: bool,
+}
+
+impl Write<'_> {
+    /// Ends the write: remembers the written Secret (`None`: the write failed, read it live
+    /// next time). True when an event held back during the write was not this write's own
+    /// (someone else changed the Secret right after): the caller must reconcile again.
+    pub fn finish(mut self, written: Option<&Secret>) -> bool {
+        self.finished = true;
+        self.knowledge.end_write(self.namespace, self.name, written)
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.knowledge.end_write(self.namespace, self.name, None);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct SecretKnowledge {
     entries: Mutex<HashMap<String, Entry>>,
@@ -116,17 +142,22 @@ impl SecretKnowledge {
         }
     }
 
-    /// Marks a write of `namespace/name` in flight; [`SecretKnowledge::finish_write`] ends it.
-    pub fn begin_write(&self, namespace: &str, name: &str) {
+    /// Marks a write of `namespace/name` in flight until [`Write::finish`]; a write abandoned
+    /// (its reconcile cancelled at shutdown) ends as a failed one when the guard drops, so no
+    /// Secret's events stay held back.
+    pub fn begin_write<'a>(&'a self, namespace: &'a str, name: &'a str) -> Write<'a> {
         if let Ok(mut writing) = self.writing.lock() {
             writing.insert(key(namespace, name), Writing::default());
         }
+        Write {
+            knowledge: self,
+            namespace,
+            name,
+            finished: false,
+        }
     }
 
-    /// Ends a write: remembers the written Secret (`None`: the write failed, read it live
-    /// next time). True when an event held back during the write was not this write's own
-    /// (someone else changed the Secret right after): the caller must reconcile again.
-    pub fn finish_write(&self, namespace: &str, name: &str, written: Option<&Secret>) -> bool {
+    fn end_write(&self, namespace: &str, name: &str, written: Option<&Secret>) -> bool {
         let held_back = self
             .writing
             .lock()
@@ -144,7 +175,7 @@ impl SecretKnowledge {
 
     /// Whether the watch event of `secret` may trigger a reconcile: not when it is the version
     /// this process last wrote or read (its own write, or a relist of what it knows), and not
-    /// while a write of it is in flight (held back: see [`SecretKnowledge::finish_write`]).
+    /// while a write of it is in flight (held back: see [`Write::finish`]).
     pub fn triggers(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let key = key(&secret.namespace().unwrap_or_default(), &secret.name_any());
         if let Ok(mut writing) = self.writing.lock()
@@ -265,22 +296,24 @@ mod tests {
     fn events_during_a_write_are_held_back_and_someone_elses_are_reported() {
         let k = knowledge(None);
         // The watch delivers the write's own event before its response: nothing to do.
-        k.begin_write("team", "app");
+        let w = k.begin_write("team", "app");
         assert!(!k.triggers(&meta("5")));
-        assert!(!k.finish_write("team", "app", Some(&secret("5"))));
+        assert!(!w.finish(Some(&secret("5"))));
         assert!(!k.triggers(&meta("5")), "its own write triggers nothing");
         // Someone else's change lands right after the write, before its response.
-        k.begin_write("team", "app");
+        let w = k.begin_write("team", "app");
         assert!(!k.triggers(&meta("6")));
         assert!(!k.triggers(&meta("7")));
-        assert!(
-            k.finish_write("team", "app", Some(&secret("6"))),
-            "7 was not ours"
-        );
+        assert!(w.finish(Some(&secret("6"))), "7 was not ours");
         assert!(k.triggers(&meta("8")), "no write in flight: events trigger");
         // A failed write: read live next time.
-        k.begin_write("team", "app");
-        assert!(!k.finish_write("team", "app", None));
+        let w = k.begin_write("team", "app");
+        assert!(!w.finish(None));
+        assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+        // An abandoned write (its reconcile cancelled) holds nothing back once dropped.
+        k.record("team", "app", Some(&secret("8")));
+        drop(k.begin_write("team", "app"));
+        assert!(k.triggers(&meta("9")));
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
     }
 

@@ -167,9 +167,9 @@ async fn act(
         let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
         // Remembered, so that the watch event of this write triggers nothing and the next
         // reconcile decides from the cache; after a failure the next one reads live.
-        ctx.secrets.begin_write(&ns, &name);
+        let write = ctx.secrets.begin_write(&ns, &name);
         let written = write_secret(secrets, existing, desired).await;
-        changed_meanwhile = ctx.secrets.finish_write(&ns, &name, written.as_ref().ok());
+        changed_meanwhile = write.finish(written.as_ref().ok());
         if let Err(e) = written {
             let (reason, verb) = match existing {
                 Some(_) => ("UpdateSecretFailed", "Update"),
