@@ -1,6 +1,7 @@
 //! Shared state of the reconcilers, and the few thin functions that write status and Events.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -80,6 +81,9 @@ pub struct Context {
     pub learned: Arc<Learned>,
     /// The Secrets' metadata cache and what this process last wrote or read of each.
     pub secrets: SecretKnowledge,
+    /// The resourceVersion each AWSIAMRole (`namespace/name`) got from this process's last
+    /// status write: a cached object at another version may be behind that write.
+    pub statuses: Mutex<HashMap<String, String>>,
 }
 
 /// What a [`Context`] is wired to besides the API server, STS and the settings.
@@ -117,6 +121,7 @@ impl Context {
             policy: wiring.policy,
             learned: wiring.learned,
             secrets: SecretKnowledge::default(),
+            statuses: Mutex::default(),
         }
     }
 
@@ -176,7 +181,16 @@ impl Context {
         // First against the object as the watch delivered it, with its resourceVersion as the
         // precondition: no read in the common case. A conflict means it moved on (a newer
         // generation, our own write not yet in the cache): read it live and judge again.
-        if role.resource_version().is_some()
+        // The cache may not show this process's own last status write yet (a reconcile right
+        // after another): then the live object is read instead of sending a patch bound to fail.
+        let behind = self
+            .statuses
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+            .is_some_and(|written| role.resource_version().as_ref() != Some(&written));
+        if !behind
+            && role.resource_version().is_some()
             && status::may_write(role.meta().generation, cached, outcome.generation())
         {
             match self.patch_status(&api, role, outcome, now).await {
@@ -227,8 +241,17 @@ impl Context {
             field_manager: Some(MANAGER.into()),
             ..PatchParams::default()
         };
-        api.patch_status(&object.name_any(), &pp, &Patch::Merge(&patch))
+        let written = api
+            .patch_status(&object.name_any(), &pp, &Patch::Merge(&patch))
             .await?;
+        if let (Ok(mut m), Some(rv)) = (self.statuses.lock(), written.resource_version()) {
+            let key = format!(
+                "{}/{}",
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            );
+            m.insert(key, rv);
+        }
         Ok(if status::is_transition(current, &next) {
             Transition::Changed
         } else {

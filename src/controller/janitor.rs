@@ -99,10 +99,14 @@ pub async fn sweep(
             Err(e) => warn!(namespace = ns, name, error = %e, "could not remove orphaned secret"),
         }
     }
-    ctx.secrets.retain(|key| {
+    let exists = |key: &str| {
         key.split_once('/')
             .is_some_and(|(ns, name)| roles.get(&ObjectRef::new(name).within(ns)).is_some())
-    });
+    };
+    ctx.secrets.retain(exists);
+    if let Ok(mut statuses) = ctx.statuses.lock() {
+        statuses.retain(|key, _| exists(key));
+    }
     for key in ctx.metrics.tracked_roles() {
         if let Some((ns, name)) = key.split_once('/')
             && roles.get(&ObjectRef::new(name).within(ns)).is_none()
