@@ -15,7 +15,7 @@ use tracing::{info, instrument, warn};
 use super::context::{Context, MANAGER, Transition};
 use super::known::Observation;
 use super::plan::{self, Observed, Plan, Requeue, Writes};
-use super::status::{Announce, Note};
+use super::status::Note;
 use crate::aws::arn::RoleArn;
 use crate::aws::options::{self, CHAINED_MAX_SECONDS};
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
@@ -187,24 +187,14 @@ async fn act(
             None => info!("secret written without an STS call"),
         }
     }
-    // Events published every time (credentials issued) do not wait for the status write:
-    // both go out at once. Events published on a transition wait for its answer.
-    let (always, on_transition): (Vec<Note>, Vec<Note>) = events
-        .into_iter()
-        .partition(|note| note.announce == Announce::Always);
-    let status_write = async {
-        match &status {
-            Some(outcome) => ctx.write_status(role, outcome).await,
-            None => Ok(Transition::Unchanged),
-        }
+    let transition = match &status {
+        Some(outcome) => ctx.write_status(role, outcome).await?,
+        None => Transition::Unchanged,
     };
-    let announced = futures::future::join_all(always.into_iter().map(|note| {
-        warn_not_ready(&note);
-        ctx.event(role, note)
-    }));
-    let (transition, _) = tokio::join!(status_write, announced);
-    let transition = transition?;
-    for note in on_transition {
+    // NOTE: the Events go out after the status write. Sent beside it (tried, to shorten the
+    // cold start), `tests/apiserver_restart.rs` failed in both runs: the resumed
+    // watch saw no 410 after compaction. Why was not found; in sequence it passes.
+    for note in events {
         warn_not_ready(&note);
         ctx.announce(role, note, transition).await;
     }
