@@ -192,10 +192,12 @@ async fn act(
         None => Transition::Unchanged,
     };
     // NOTE: the Events go out after the status write. Sent beside it (tried, to shorten the
-    // cold start), `tests/apiserver_restart.rs` failed in both runs: the resumed
-    // watch saw no 410 after compaction. Why was not found; in sequence it passes.
+    // cold start), `tests/apiserver_restart.rs` failed in both runs: the resumed watch saw no
+    // 410 after compaction. Why was not found; in sequence it passes.
     for note in events {
-        warn_not_ready(&note);
+        if note.severity == super::status::Severity::Warning {
+            warn!(reason = note.reason, message = note.message, "not ready");
+        }
         ctx.announce(role, note, transition).await;
     }
     let key = key(role);
@@ -226,12 +228,6 @@ async fn act(
     };
     ctx.metrics.set_backoff(ctx.backoff.len());
     Ok(action)
-}
-
-fn warn_not_ready(note: &Note) {
-    if note.severity == super::status::Severity::Warning {
-        warn!(reason = note.reason, message = note.message, "not ready");
-    }
 }
 
 /// One `AssumeRole` call, counted in the metrics; `None` when this replica is not the leader
