@@ -48,7 +48,9 @@ cp -rp src "$src/src"
 export CARGO_TARGET_DIR="$CACHE/image-build/target"
 export CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$src=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-export CC_x86_64_unknown_linux_musl=musl-gcc SOURCE_DATE_EPOCH="$epoch"
+# No SOURCE_DATE_EPOCH here: build scripts that read it make Cargo rebuild every dependency
+# at each new commit, and the binary embeds no time (the layer's timestamps are set below).
+export CC_x86_64_unknown_linux_musl=musl-gcc
 echo "build-image: release build for $TARGET in $CARGO_TARGET_DIR" >&2
 (cd "$src" && cargo build --locked --release --target "$TARGET" --bin kube-aws-iam-controller >&2)
 bin="$CARGO_TARGET_DIR/$TARGET/release/kube-aws-iam-controller"

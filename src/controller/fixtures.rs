@@ -345,16 +345,18 @@ mod tests {
         secret: &Secret,
     ) -> (
         reflector::Store<AWSIAMRole>,
-        reflector::Store<PartialObjectMeta<Secret>>,
+        reflector::Store<crate::controller::cache::CachedSecret>,
     ) {
         let (roles, _role_writer) = reflector::store::<AWSIAMRole>();
-        let (secrets, mut writer) = reflector::store::<PartialObjectMeta<Secret>>();
+        let (secrets, mut writer) = reflector::store::<crate::controller::cache::CachedSecret>();
         let meta = PartialObjectMeta {
             types: None,
             metadata: secret.metadata.clone(),
             _phantom: Default::default(),
         };
-        writer.apply_watcher_event(&watcher::Event::Apply(meta));
+        writer.apply_watcher_event(&crate::controller::cache::packed(&watcher::Event::Apply(
+            meta,
+        )));
         (roles, secrets)
     }
 

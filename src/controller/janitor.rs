@@ -10,11 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Preconditions};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::cache::{CachedSecret, Owners};
 use super::context::Context;
 use crate::crd::AWSIAMRole;
 
@@ -23,28 +24,24 @@ use crate::crd::AWSIAMRole;
 /// (a seed Secret written ahead of its role), they are older than `grace`. Pure.
 pub fn orphans(
     roles: &HashSet<(String, String)>,
-    secrets: &[Arc<PartialObjectMeta<Secret>>],
+    secrets: &[Arc<CachedSecret>],
     now: DateTime<Utc>,
     grace: Duration,
-) -> Vec<Arc<PartialObjectMeta<Secret>>> {
+) -> Vec<Arc<CachedSecret>> {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     secrets
         .iter()
         .filter(|s| {
-            let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let owners = s.owner_references();
-            let only_role_owners = owners
-                .iter()
-                .all(|o| o.kind == "AWSIAMRole" && o.api_version.starts_with("zalando.org/"));
-            let past_grace = !owners.is_empty()
-                || s.meta()
-                    .creation_timestamp
-                    .as_ref()
-                    .is_some_and(|t| now.timestamp() - t.0.as_second() >= grace.num_seconds());
-            s.meta().deletion_timestamp.is_none()
-                && !roles.contains(&key)
-                && only_role_owners
+            let past_grace = match s.owners() {
+                Owners::OnlyRoles => true,
+                Owners::None => s
+                    .created()
+                    .is_some_and(|t| now.timestamp() - t >= grace.num_seconds()),
+                Owners::Others => false,
+            };
+            !s.deleting()
                 && past_grace
+                && !roles.contains(&(s.namespace().to_string(), s.name().to_string()))
         })
         .cloned()
         .collect()
@@ -52,11 +49,7 @@ pub fn orphans(
 
 /// One pass: delete orphans (with UID and resourceVersion preconditions) and forget the
 /// metrics of deleted roles.
-pub async fn sweep(
-    ctx: &Context,
-    roles: &Store<AWSIAMRole>,
-    secrets: &Store<PartialObjectMeta<Secret>>,
-) {
+pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<CachedSecret>) {
     let role_keys: HashSet<(String, String)> = roles
         .state()
         .iter()
@@ -69,12 +62,11 @@ pub async fn sweep(
         ctx.settings.orphan_grace,
     );
     for secret in candidates {
-        let ns = secret.namespace().unwrap_or_default();
-        let name = secret.name_any();
+        let (ns, name) = (secret.namespace(), secret.name());
         // The cache may lag: only the API server's word that no AWSIAMRole of this name
         // exists (none at all, whatever its UID: a re-created one takes its Secret over) counts.
-        let live: Api<AWSIAMRole> = Api::namespaced(ctx.client.clone(), &ns);
-        match live.get_opt(&name).await {
+        let live: Api<AWSIAMRole> = Api::namespaced(ctx.client.clone(), ns);
+        match live.get_opt(name).await {
             Ok(None) => {}
             Ok(Some(_)) => continue,
             Err(e) => {
@@ -85,15 +77,15 @@ pub async fn sweep(
         if !ctx.may_write("delete") {
             return;
         }
-        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: secret.uid(),
-                resource_version: secret.resource_version(),
+                uid: secret.uid().map(str::to_string),
+                resource_version: Some(secret.resource_version().to_string()),
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&name, &dp).await {
+        match api.delete(name, &dp).await {
             Ok(_) => info!(namespace = ns, name, "removed secret of deleted AWSIAMRole"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => warn!(namespace = ns, name, error = %e, "could not remove orphaned secret"),
@@ -122,7 +114,7 @@ pub async fn sweep(
 pub async fn run(
     ctx: Arc<Context>,
     roles: Store<AWSIAMRole>,
-    secrets: Store<PartialObjectMeta<Secret>>,
+    secrets: Store<CachedSecret>,
     mut synced: tokio::sync::watch::Receiver<bool>,
     interval: Duration,
 ) {
@@ -150,7 +142,7 @@ mod tests {
             .with_timezone(&Utc)
     }
 
-    fn secret(name: &str, owner_kind: Option<&str>) -> Arc<PartialObjectMeta<Secret>> {
+    fn secret(name: &str, owner_kind: Option<&str>) -> Arc<CachedSecret> {
         let mut meta = ObjectMeta {
             name: Some(name.into()),
             namespace: Some("ns".into()),
@@ -173,11 +165,11 @@ mod tests {
                 ..OwnerReference::default()
             }]);
         }
-        Arc::new(PartialObjectMeta {
+        Arc::new(CachedSecret::of(&kube::api::PartialObjectMeta {
             types: None,
             metadata: meta,
             _phantom: Default::default(),
-        })
+        }))
     }
 
     #[test]
@@ -192,7 +184,7 @@ mod tests {
         let names = |grace: u64| -> Vec<String> {
             orphans(&roles, &all, now(), Duration::from_secs(grace))
                 .iter()
-                .map(|s| s.name_any())
+                .map(|s| s.name().to_string())
                 .collect()
         };
         assert_eq!(names(30), vec!["gone".to_string(), "seed-gone".to_string()]);

@@ -17,6 +17,7 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
+use super::cache::CachedSecret;
 use super::secret::Known;
 
 /// How a reconcile observes the Secret of an AWSIAMRole.
@@ -75,13 +76,13 @@ impl Drop for Write<'_> {
 pub struct SecretKnowledge {
     entries: Mutex<HashMap<String, Entry>>,
     writing: Mutex<HashMap<String, Writing>>,
-    cache: OnceLock<(Store<PartialObjectMeta<Secret>>, watch::Receiver<bool>)>,
+    cache: OnceLock<(Store<CachedSecret>, watch::Receiver<bool>)>,
 }
 
 impl SecretKnowledge {
     /// The metadata cache of the labelled Secrets, trusted once `synced` turns true. Without
     /// it (the fast test tier) every reconcile reads its Secret live.
-    pub fn attach(&self, store: Store<PartialObjectMeta<Secret>>, synced: watch::Receiver<bool>) {
+    pub fn attach(&self, store: Store<CachedSecret>, synced: watch::Receiver<bool>) {
         let _ = self.cache.set((store, synced));
     }
 
@@ -101,15 +102,18 @@ impl SecretKnowledge {
         // labelled Secrets, and a foreign Secret of the same name must be found before STS is
         // asked for credentials that could not be written.
         match (cached, entries.get(&key(namespace, name))) {
-            (Some(meta), Some(Entry::Known(known)))
-                if meta.metadata.resource_version.as_ref() == Some(&known.resource_version) =>
+            (Some(cached), Some(Entry::Known(known)))
+                if cached.resource_version() == known.resource_version =>
             {
-                Observation::Cached {
-                    metadata: Box::new(Secret {
-                        metadata: meta.metadata.clone(),
-                        ..Secret::default()
-                    }),
-                    known: Box::new(known.clone()),
+                match cached.metadata() {
+                    Some(metadata) => Observation::Cached {
+                        metadata: Box::new(Secret {
+                            metadata,
+                            ..Secret::default()
+                        }),
+                        known: Box::new(known.clone()),
+                    },
+                    None => Observation::ReadLive,
                 }
             }
             _ => Observation::ReadLive,
@@ -256,7 +260,7 @@ mod tests {
     fn knowledge(cached: Option<&str>) -> SecretKnowledge {
         let (store, mut writer) = kube::runtime::reflector::store();
         if let Some(rv) = cached {
-            writer.apply_watcher_event(&watcher::Event::Apply(meta(rv)));
+            writer.apply_watcher_event(&watcher::Event::Apply(CachedSecret::of(&meta(rv))));
         }
         let (_tx, synced) = watch::channel(true);
         let k = SecretKnowledge::default();
@@ -330,7 +334,7 @@ mod tests {
     fn without_a_synced_cache_every_secret_is_read_live() {
         let k = SecretKnowledge::default();
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
-        let (store, _writer) = kube::runtime::reflector::store::<PartialObjectMeta<Secret>>();
+        let (store, _writer) = kube::runtime::reflector::store::<CachedSecret>();
         let (_tx, synced) = watch::channel(false);
         k.attach(store, synced);
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));

@@ -88,7 +88,7 @@ pub async fn run(
         .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
         .filter(relist_at_once)
         .default_backoff()
-        .modify(cache::trim)
+        .modify(cache::trim_role)
         .reflect(role_writer)
         .applied_objects()
         .predicate_filter(
@@ -110,7 +110,12 @@ pub async fn run(
     .filter(relist_at_once)
     .default_backoff()
     .modify(cache::trim)
-    .reflect(secret_writer)
+    // The cache keeps each Secret packed (`cache::CachedSecret`); the event itself goes on to
+    // the controller, which maps it to its AWSIAMRole by the owner reference.
+    .inspect_ok({
+        let mut writer = secret_writer;
+        move |event| writer.apply_watcher_event(&cache::packed(event))
+    })
     // A Secret at the version this process wrote (or last read) tells it nothing new: its own
     // writes trigger no second reconcile (see `known::SecretKnowledge::triggers`). Deletions
     // always do.
