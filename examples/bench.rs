@@ -593,7 +593,8 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
             (format!("{:.0}", per_real_hour(r, total)), None)
         }),
         line("P3 response bytes per hour at 1 h sessions", "", &|r| {
-            let total: f64 = r.api.bytes.values().sum();
+            // Not `sum()`: an empty f64 sum is -0.0, printed "-0".
+            let total = r.api.bytes.values().fold(0.0, |a, b| a + b);
             (format!("{:.0}", per_real_hour(r, total)), None)
         }),
         line(
