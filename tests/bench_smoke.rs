@@ -51,4 +51,6 @@ fn the_benchmark_prints_its_table_at_twenty_roles_and_meets_the_load_independent
     ] {
         assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
     }
+    // An empty sum printed as a negative zero (an empty f64 `sum()` is -0.0).
+    assert!(!stdout.contains("| -0 "), "a cell reads -0:\n{stdout}");
 }
