@@ -82,7 +82,8 @@ pub struct Context {
     /// The Secrets' metadata cache and what this process last wrote or read of each.
     pub secrets: SecretKnowledge,
     /// The resourceVersion each AWSIAMRole (`namespace/name`) got from this process's last
-    /// status write: a cached object at another version may be behind that write.
+    /// status write, until the watch delivers it: a cached object at another version may be
+    /// behind that write.
     pub statuses: Mutex<HashMap<String, String>>,
 }
 
@@ -183,12 +184,7 @@ impl Context {
         // generation, our own write not yet in the cache): read it live and judge again.
         // The cache may not show this process's own last status write yet (a reconcile right
         // after another): then the live object is read instead of sending a patch bound to fail.
-        let behind = self
-            .statuses
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned())
-            .is_some_and(|written| role.resource_version().as_ref() != Some(&written));
+        let behind = self.status_behind(&key, role.metadata.resource_version.as_deref());
         if !behind
             && role.resource_version().is_some()
             && status::may_write(role.meta().generation, cached, outcome.generation())
@@ -211,6 +207,33 @@ impl Context {
             return Ok(Transition::Unchanged);
         }
         self.patch_status(&api, &live, outcome, now).await
+    }
+
+    /// Whether the cached AWSIAMRole `key`, at `cached` resourceVersion, may be behind this
+    /// process's last status write of it; once the cache shows that write it is forgotten.
+    fn status_behind(&self, key: &str, cached: Option<&str>) -> bool {
+        let Ok(mut written) = self.statuses.lock() else {
+            return false;
+        };
+        match written.get(key) {
+            Some(rv) if Some(rv.as_str()) == cached => {
+                written.remove(key);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The watch delivered `role` (already in the cache): a status write of this process it
+    /// shows is forgotten, so the written versions are kept only while the watch is behind.
+    pub fn status_seen(&self, role: &AWSIAMRole) {
+        let key = format!(
+            "{}/{}",
+            role.namespace().unwrap_or_default(),
+            role.name_any()
+        );
+        self.status_behind(&key, role.metadata.resource_version.as_deref());
     }
 
     /// Patches the status of `object` (as read, with its resourceVersion as the precondition)
@@ -340,5 +363,42 @@ impl Context {
             .create(&PostParams::default(), &event)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::fixtures::{FakeSts, context, role};
+
+    #[tokio::test]
+    async fn a_status_write_is_remembered_only_until_the_watch_shows_it() {
+        let (ctx, _api, _leader) = context(FakeSts::new(Duration::from_secs(3600)));
+        let key = "testns/app";
+        let remember = |rv: &str| {
+            ctx.statuses
+                .lock()
+                .expect("lock")
+                .insert(key.into(), rv.into());
+        };
+        remember("101");
+        assert!(ctx.status_behind(key, Some("100")), "the cache predates it");
+        assert!(
+            ctx.status_behind(key, Some("100")),
+            "still, until it is seen"
+        );
+        let mut seen = role("app", "app", 1);
+        seen.metadata.resource_version = Some("101".into());
+        ctx.status_seen(&seen);
+        assert!(ctx.statuses.lock().expect("lock").is_empty(), "forgotten");
+        assert!(
+            !ctx.status_behind(key, Some("102")),
+            "a later version (someone else's) is not behind this process's write"
+        );
+        // The reconcile finds the cache caught up before the watch event is handled.
+        remember("103");
+        assert!(!ctx.status_behind(key, Some("103")));
+        assert!(ctx.statuses.lock().expect("lock").is_empty());
     }
 }

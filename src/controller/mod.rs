@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -82,19 +82,42 @@ pub async fn run(
     let (synced_tx, synced) = watch::channel(false);
 
     let (role_store, role_writer) = reflector::store();
-    // Status writes (ours) do not change generation or labels: they do not trigger a reconcile.
     let metrics = ctx.metrics.clone();
     let roles = watcher(roles_api, watcher::Config::default())
         .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
         .filter(relist_at_once)
         .default_backoff()
         .modify(cache::trim_role)
-        .reflect(role_writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::labels),
-            Default::default(),
-        );
+        // Writes the cache, and passes on a role only when `cache::role_changed` says so,
+        // judged against the cached copy before the event replaces it: status writes (ours) do
+        // not trigger a reconcile.
+        .try_filter_map({
+            let (store, mut writer, ctx) = (role_store.clone(), role_writer, ctx.clone());
+            move |event| {
+                let changed = match &event {
+                    watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
+                        let key = cache::role_ref(r.metadata.namespace.as_deref(), &r.name_any());
+                        cache::role_changed(store.get(&key).as_deref(), r)
+                    }
+                    _ => false,
+                };
+                writer.apply_watcher_event(&event);
+                if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = &event {
+                    ctx.status_seen(r);
+                }
+                std::future::ready(Ok(match event {
+                    watcher::Event::Apply(mut r) | watcher::Event::InitApply(mut r) if changed => {
+                        // The controller keeps this copy's reference until the role's next
+                        // reconcile: without the resourceVersion and UID (`cache::role_ref`);
+                        // the reconcile reads the role from the cache.
+                        r.metadata.resource_version = None;
+                        r.metadata.uid = None;
+                        Some(r)
+                    }
+                    _ => None,
+                }))
+            }
+        });
     let (secret_store, secret_writer) = reflector::store();
     ctx.secrets
         .attach(secret_store.clone(), secrets_synced.clone());
@@ -214,20 +237,23 @@ pub async fn run(
             }
         }
     };
-    let mut controller = Controller::for_stream(roles, role_store.clone()).owns_stream(secrets);
+    // Every trigger names its AWSIAMRole by `cache::role_ref` (name and namespace only).
+    let every_role = {
+        let store = role_store.clone();
+        move |()| futures::stream::iter(roles_in(&store, |_| true))
+    };
+    let mut controller = Controller::for_stream(roles, role_store.clone())
+        .watches_stream(secrets, |secret| cache::owners(&secret));
     if let Some(namespaces) = namespaces {
         controller = controller.watches_stream(namespaces, move |ns| {
             let name = ns.name_any();
-            role_store
-                .state()
-                .iter()
-                .filter(|r| r.namespace().as_deref() == Some(name.as_str()))
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
+            roles_in(&role_store, |r| {
+                r.namespace().as_deref() == Some(name.as_str())
+            })
         });
     }
     let controller = controller
-        .reconcile_all_on(reconcile_all)
+        .reconcile_on(reconcile_all.flat_map(every_role))
         .with_config(Config::default().concurrency(opts.concurrency))
         .graceful_shutdown_on(graceful)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -250,6 +276,19 @@ pub async fn run(
     readiness.abort();
     leader_metric.abort();
     stop_signal.abort();
+}
+
+/// The cached AWSIAMRoles `which` selects, as [`cache::role_ref`]s.
+fn roles_in(
+    store: &reflector::Store<AWSIAMRole>,
+    which: impl Fn(&AWSIAMRole) -> bool,
+) -> Vec<ObjectRef<AWSIAMRole>> {
+    store
+        .state()
+        .iter()
+        .filter(|r| which(r))
+        .map(|r| cache::role_ref(r.metadata.namespace.as_deref(), &r.name_any()))
+        .collect()
 }
 
 /// Drops a 410 Gone before the backoff: the watcher relists at once, as client-go's reflector
