@@ -238,7 +238,11 @@ fn condense(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len());
     let mut rest = json;
     while let Some(&byte) = rest.first() {
-        match (1u8..).zip(dictionary).find(|(_, e)| rest.starts_with(e)) {
+        // Every entry starts with a quote.
+        let found = (byte == b'"')
+            .then(|| (1u8..).zip(dictionary).find(|(_, e)| rest.starts_with(e)))
+            .flatten();
+        match found {
             Some((code, entry)) => {
                 out.push(code);
                 rest = &rest[entry.len()..];
@@ -466,6 +470,7 @@ mod tests {
     #[test]
     fn a_secrets_metadata_is_condensed_and_given_back_byte_for_byte() {
         assert!(dictionary().len() <= 31, "one byte below 0x20 each");
+        assert!(dictionary().iter().all(|e| e.first() == Some(&b'"')));
         let role = crate::controller::fixtures::role("app-0001", "app", 1);
         let mut secret =
             crate::controller::fixtures::stored_secret(&role, std::time::Duration::from_secs(3000));
