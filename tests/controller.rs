@@ -380,6 +380,56 @@ async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
     ctl.stop().await;
 }
 
+/// A start reconciles each AWSIAMRole once. Its own initial list triggers it; neither the
+/// Namespaces' initial list (the role policy watches their annotations) nor the Secrets' may
+/// trigger it again, as each did whenever it reached the controller after the AWSIAMRole cache
+/// was filled (or, for the Secret, before the first reconcile had read it): a second reconcile
+/// right after the first (for a denied role a second AssumeRole call, for a new one a second
+/// live read of its Secret). Several starts, as the order of the lists varies; the credentials
+/// of the first start stay valid, so only it calls STS.
+#[tokio::test]
+async fn a_start_reconciles_each_role_once_whatever_the_order_of_the_initial_lists() {
+    let Scene {
+        client,
+        ns,
+        roles,
+        secrets,
+        sts,
+        ..
+    } = scene("once").await;
+    roles
+        .create(&PostParams::default(), &role("app", "app", 3600))
+        .await
+        .expect("create");
+    for start in 1..=6 {
+        let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+        if start == 1 {
+            secret_where(&secrets, "app", |_| true).await;
+        }
+        wait_for("the start's reconcile", || async {
+            // (The series appears with the first reconcile.)
+            let text = ctl.ctx.metrics.render();
+            text.contains("kaic_reconciles_total{result=\"ok\"} ")
+                .then_some(())
+        })
+        .await;
+        // Let a second reconcile, if any, happen.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let text = ctl.ctx.metrics.render();
+        ctl.stop().await;
+        assert_eq!(
+            support::metric(&text, "kaic_reconciles_total{result=\"ok\"}"),
+            1.0,
+            "start {start}: one reconcile\n{text}"
+        );
+    }
+    assert_eq!(
+        sts.total_calls(),
+        1,
+        "only the first start issues credentials"
+    );
+}
+
 #[tokio::test]
 async fn invalid_references_are_reported_without_calling_sts() {
     let Scene {

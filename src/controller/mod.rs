@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -142,11 +142,14 @@ pub async fn run(
     // A Secret at the version this process wrote (or last read) tells it nothing new: its own
     // writes trigger no second reconcile (see `known::SecretKnowledge::triggers`). Deletions
     // always do.
+    // The initial list triggers nothing either: every AWSIAMRole is reconciled by its own
+    // initial list (a relist after an outage does trigger, for what changed meanwhile).
     .try_filter_map({
-        let ctx = ctx.clone();
+        let (ctx, listed) = (ctx.clone(), secrets_synced.clone());
         move |event| {
             std::future::ready(Ok(match event {
                 watcher::Event::Delete(secret) => Some(secret),
+                watcher::Event::InitApply(_) if !*listed.borrow() => None,
                 watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
                     ctx.secrets.triggers(&secret).then_some(secret)
                 }
@@ -166,17 +169,41 @@ pub async fn run(
             Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
             None => watcher::Config::default(),
         };
-        let (store, writer) = reflector::store();
-        ctx.policy.attach(store);
+        let (store, mut writer) = reflector::store();
+        ctx.policy.attach(store.clone(), namespaces_synced.clone());
         let metrics = ctx.metrics.clone();
+        // `observe` only logs relists here: the sync is announced once the cache holds the
+        // list, since reconciles waiting for it read the cache at once.
+        let (listed_tx, _) = watch::channel(false);
         watcher(api, config)
-            .inspect(move |ev| observe(ev, "namespaces", &namespaces_synced_tx, &metrics))
+            .inspect(move |ev| observe(ev, "namespaces", &listed_tx, &metrics))
             .filter(relist_at_once)
             .default_backoff()
             .modify(cache::trim)
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(predicates::annotations, Default::default())
+            // Writes the cache, and passes on a Namespace only when `policy::namespace_triggers`
+            // says so, judged against the cached copy before the event replaces it.
+            .try_filter_map(move |event| {
+                let triggers = match &event {
+                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                        policy::namespace_triggers(
+                            store.get(&ObjectRef::from_obj(ns)).as_deref(),
+                            ns,
+                            *namespaces_synced_tx.borrow(),
+                        )
+                    }
+                    _ => false,
+                };
+                writer.apply_watcher_event(&event);
+                if matches!(event, watcher::Event::InitDone) {
+                    namespaces_synced_tx.send_replace(true);
+                }
+                std::future::ready(Ok(match event {
+                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) if triggers => {
+                        Some(ns)
+                    }
+                    _ => None,
+                }))
+            })
     });
 
     let never_synced = {

@@ -4,6 +4,8 @@
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
@@ -25,7 +27,8 @@ pub struct PolicyContext {
     own: Option<(String, String)>,
     /// `None` until the controller knows its own identity: nothing is issued before.
     guard: RwLock<Option<Guard>>,
-    namespaces: OnceLock<NamespaceStore>,
+    /// The Namespace cache and whether it has been filled.
+    namespaces: OnceLock<(NamespaceStore, watch::Receiver<bool>)>,
 }
 
 /// The answer for one AWSIAMRole.
@@ -61,9 +64,23 @@ impl PolicyContext {
         }
     }
 
-    /// Gives the reconciler the Namespace cache (once, from the watch in `controller::run`).
-    pub fn attach(&self, store: NamespaceStore) {
-        let _ = self.namespaces.set(store);
+    /// Gives the reconciler the Namespace cache (once, from the watch in `controller::run`) and
+    /// the flag that turns true once its initial list is in.
+    pub fn attach(&self, store: NamespaceStore, synced: watch::Receiver<bool>) {
+        let _ = self.namespaces.set((store, synced));
+    }
+
+    /// Resolves once the policy can judge every namespace: at once without a namespace policy
+    /// or before the cache is attached (then [`Self::judge`] answers `Pending`), else when the
+    /// Namespace cache is filled. A reconcile at start waits for it instead of finding its
+    /// Namespace missing and looking again `--backoff-base` later.
+    pub async fn namespaces_synced(&self) {
+        if !self.watches_namespaces() {
+            return;
+        }
+        if let Some((_, synced)) = self.namespaces.get() {
+            let _ = synced.clone().wait_for(|s| *s).await;
+        }
     }
 
     /// True when the mode needs the Namespaces' annotations.
@@ -85,7 +102,7 @@ impl PolicyContext {
             return Judgement::Pending("the controller's own identity is not known yet");
         };
         let namespace = if self.watches_namespaces() && !own {
-            let Some(store) = self.namespaces.get() else {
+            let Some((store, _)) = self.namespaces.get() else {
                 return Judgement::Pending("namespaces are not watched yet");
             };
             match store.get(&ObjectRef::new(&ns)) {
@@ -104,6 +121,24 @@ impl PolicyContext {
             guard,
             own,
         }))
+    }
+}
+
+/// Whether a watched Namespace's event reconciles the AWSIAMRoles in it, judged against the
+/// cache's copy (`None`: not cached) before the event is applied: when its annotations (the
+/// policy's input) changed, or when it is new to a cache that was already filled (a Namespace
+/// created since, or during a watch outage: AWSIAMRoles in it may be waiting for it). The
+/// initial list triggers nothing: every AWSIAMRole is reconciled by its own initial list, after
+/// the Namespace cache is filled (`PolicyContext::namespaces_synced`); triggering them again
+/// cost a second reconcile, and for a denied role a second AssumeRole call, at every start.
+pub fn namespace_triggers(
+    cached: Option<&PartialObjectMeta<Namespace>>,
+    new: &PartialObjectMeta<Namespace>,
+    synced: bool,
+) -> bool {
+    match cached {
+        Some(old) => old.metadata.annotations != new.metadata.annotations,
+        None => synced,
     }
 }
 
@@ -131,5 +166,39 @@ pub async fn learn_identity(policy: &PolicyContext, sts: &StsIssuer, mut guard: 
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace(annotations: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some("team".into());
+        ns.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        ns
+    }
+
+    #[test]
+    fn a_namespace_triggers_its_roles_on_an_annotation_change_or_when_new_after_the_start() {
+        let permitted = namespace(&[("iam.amazonaws.com/permitted", ".*")]);
+        let narrowed = namespace(&[("iam.amazonaws.com/permitted", "app-.*")]);
+        let mut relabelled = permitted.clone();
+        relabelled.metadata.labels = Some([("team".into(), "a".into())].into());
+        // The initial list: every role is reconciled by its own list.
+        assert!(!namespace_triggers(None, &permitted, false));
+        // Created after the start (or during an outage): its roles may be waiting for it.
+        assert!(namespace_triggers(None, &permitted, true));
+        assert!(namespace_triggers(Some(&permitted), &narrowed, true));
+        // A relist after a 410 compares against the copy from before it.
+        assert!(namespace_triggers(Some(&permitted), &narrowed, false));
+        assert!(!namespace_triggers(Some(&permitted), &permitted, true));
+        assert!(!namespace_triggers(Some(&permitted), &relabelled, true));
     }
 }

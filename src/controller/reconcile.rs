@@ -71,6 +71,8 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     if !ctx.is_leader() || role.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // The policy judges from the Namespace cache: at start, wait until it is filled.
+    ctx.policy.namespaces_synced().await;
     // Observe: the Secret from the watch cache when its data is known, else read live.
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
