@@ -5,7 +5,8 @@
 //!
 //! Per size N, in one fresh namespace and with one fresh STS double:
 //! 1. N AWSIAMRoles (1 h sessions) are created through the API, concurrently (bounded).
-//! 2. **P2** the controller starts: time until all N Secrets exist.
+//! 2. **P2** the controller starts: time until all N Secrets exist, time until every role was
+//!    reconciled (status and Event written too), and the API requests that took, per role.
 //! 3. **restart** it is killed and started again: time to ready, time until every role was
 //!    reconciled, and AssumeRole calls for roles whose credentials were still outside the
 //!    refresh window (target 0).
@@ -17,6 +18,9 @@
 //!    `--steady-periods` periods (4/3 of a period stands for an hour of 1 h sessions) it reads
 //!    the API server's own `apiserver_request_total` and `apiserver_response_sizes`, the
 //!    double's AssumeRole calls and the controller's RSS.
+//!
+//! The controller runs as it does in a cluster: as the ServiceAccount of deploy/rbac.yaml with a
+//! bound token (`--identity admin`: the harness's system:masters client certificate).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -35,7 +39,10 @@ use kube::{Client, ResourceExt};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
-use support::{BASE_ROLE_ARN, Binary, Env, env, role, start_binary, wait_for_within};
+use support::{
+    BASE_ROLE_ARN, Binary, Env, Launch, env, role, sa_kubeconfig, start_binary_with,
+    wait_for_within,
+};
 
 /// Session length of the roles the benchmark creates, and the default refresh limit: the real
 /// refresh rule renews such a session every `3600 - 900` s.
@@ -43,6 +50,9 @@ const SESSION_SECS: i64 = 3600;
 const DEFAULT_REFRESH_LIMIT_SECS: f64 = 900.0;
 /// The writes one renewal needs: the Secret, the AWSIAMRole's status and the Event saying so.
 const WRITES_PER_RENEWAL: f64 = 3.0;
+/// The requests a new role needs: the GET that rules out a foreign Secret of its name, the
+/// Secret's create, the status patch and the `CreateCredentials` Event.
+const REQUESTS_PER_NEW_ROLE: f64 = 4.0;
 const WRITE_VERBS: &[&str] = &[
     "POST",
     "PUT",
@@ -57,6 +67,9 @@ const WRITE_VERBS: &[&str] = &[
 const RENEWAL_SPAN: Duration = Duration::from_secs(1);
 /// The API resources the controller reads and writes (leases are left out: the benchmark runs
 /// it with `--leader-elect=false`, and the API server renews its own lease every 10 s).
+/// The ServiceAccount deploy/rbac.yaml grants the controller's permissions to.
+const RBAC_NAMESPACE: &str = "kube-system";
+const RBAC_SERVICE_ACCOUNT: &str = "kube-aws-iam-controller";
 const CONTROLLER_RESOURCES: &[&str] = &["secrets", "awsiamroles", "events", "namespaces"];
 
 #[derive(Parser, Debug, Clone)]
@@ -87,6 +100,11 @@ struct Args {
     /// AWSIAMRoles created through the API at once while setting up.
     #[arg(long, default_value_t = 32)]
     create_concurrency: usize,
+    /// The controller's identity: `service-account` (the shipped ServiceAccount and RBAC of
+    /// deploy/rbac.yaml, a bound token, as it runs in a cluster) or `admin` (the harness's
+    /// client certificate, system:masters).
+    #[arg(long, value_enum, default_value_t = Identity::ServiceAccount)]
+    identity: Identity,
     /// Extra flag for the controller (repeatable), e.g. `--controller-arg=--concurrency=32`.
     #[arg(long = "controller-arg", allow_hyphen_values = true)]
     controller_args: Vec<String>,
@@ -103,6 +121,12 @@ struct Args {
     /// Target P5: the measured renewal interval may differ from the rule's by this fraction.
     #[arg(long, default_value_t = 0.05)]
     p5_tolerance: f64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    ServiceAccount,
+    Admin,
 }
 
 impl Args {
@@ -283,6 +307,11 @@ struct Row {
     p1_p50_ms: f64,
     p1_p99_ms: f64,
     cold_s: f64,
+    /// Until every role was reconciled (its status and Event written too).
+    cold_settled_s: f64,
+    /// The API requests of the cold start, from the controller's start until every role was
+    /// reconciled.
+    cold_api: ApiCounts,
     cold_sts: usize,
     rss_cold: f64,
     restart_ready_s: f64,
@@ -348,39 +377,48 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
     ];
     flags.extend(args.controller_args.iter().map(String::as_str));
     let long = Duration::from_secs(3600);
+    let launch = Launch {
+        // A fresh token per size: a bound token lives an hour.
+        kubeconfig: match args.identity {
+            Identity::ServiceAccount => {
+                Some(sa_kubeconfig(env, client, RBAC_NAMESPACE, RBAC_SERVICE_ACCOUNT).await)
+            }
+            Identity::Admin => None,
+        },
+        ..Launch::default()
+    };
+    let start = || start_binary_with(env, &ns, &sts.endpoint, &flags, launch.clone());
 
     // P2: cold start.
+    let api_before = api_counts(client).await;
     let t = Instant::now();
-    let bin = start_binary(env, &ns, &sts.endpoint, &flags).await;
+    let bin = start().await;
     wait_for_within("all Secrets (cold start)", long, || async {
         (seen.len() >= n).then_some(())
     })
     .await;
     let cold_s = t.elapsed().as_secs_f64();
+    wait_for_reconciled(&bin, n).await;
+    let cold_settled_s = t.elapsed().as_secs_f64();
+    let cold_api = api_counts(client).await.minus(&api_before);
     let cold_sts = assume_role_calls(&sts);
     let rss_cold = rss_bytes(&bin);
-    eprintln!("bench N={n}: cold start {cold_s:.2} s, {cold_sts} STS calls");
+    eprintln!(
+        "bench N={n}: cold start {cold_s:.2} s (every role reconciled {cold_settled_s:.2} s), {cold_sts} STS calls, requests {:?}",
+        cold_api.requests
+    );
     bin.kill();
 
     // Restart.
     let before = assume_role_calls(&sts);
     let t = Instant::now();
-    let bin = start_binary(env, &ns, &sts.endpoint, &flags).await;
+    let bin = start().await;
     wait_for_within("ready after restart", long, || async {
         Some(bin.admin("/readyz").await).filter(|r| r.starts_with("200"))
     })
     .await;
     let restart_ready_s = t.elapsed().as_secs_f64();
-    wait_for_within("every role reconciled after restart", long, || async {
-        let m = bin.admin("/metrics").await;
-        let ok: f64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("kaic_reconciles_total{result=\"ok\"} "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        (ok as usize >= n).then_some(())
-    })
-    .await;
+    wait_for_reconciled(&bin, n).await;
     let restart_settled_s = t.elapsed().as_secs_f64();
     let restart_sts = assume_role_calls(&sts) - before;
     // A call is due when the role's previous credentials reached the refresh window.
@@ -462,6 +500,8 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
         p1_p50_ms: quantile(&p1, 0.5),
         p1_p99_ms: quantile(&p1, 0.99),
         cold_s,
+        cold_settled_s,
+        cold_api,
         cold_sts,
         rss_cold,
         restart_ready_s,
@@ -478,6 +518,24 @@ async fn run_size(env: &'static Env, client: &Client, args: &Args, n: usize) -> 
         interval_min_s,
         intervals: intervals.len(),
     }
+}
+
+/// Waits until the controller counts `n` successful reconciles (`kaic_reconciles_total`).
+async fn wait_for_reconciled(bin: &Binary, n: usize) {
+    wait_for_within(
+        "every role reconciled",
+        Duration::from_secs(3600),
+        || async {
+            let m = bin.admin("/metrics").await;
+            let ok: f64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("kaic_reconciles_total{result=\"ok\"} "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0);
+            (ok as usize >= n).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn wait_for_p1(seen: &Seen, name: &str) -> Instant {
@@ -540,6 +598,31 @@ fn lines(args: &Args, rows: &[Row]) -> Vec<Line> {
         ),
         line("P2 cold start (roles/s)", "", &|r| {
             (format!("{:.0}", r.n as f64 / r.cold_s), None)
+        }),
+        line(
+            "P2 every role reconciled (status and Event too) (s)",
+            "",
+            &|r| (format!("{:.2}", r.cold_settled_s), None),
+        ),
+        line(
+            "P2 API requests per role (besides the start's LISTs and WATCHes)",
+            &format!("≤ {REQUESTS_PER_NEW_ROLE:.0} (GET, Secret, status, Event)"),
+            &|r| {
+                let per_role = r
+                    .cold_api
+                    .requests
+                    .iter()
+                    .filter(|(verb, _)| !matches!(verb.as_str(), "LIST" | "WATCH"))
+                    .fold(0.0, |a, (_, c)| a + c)
+                    / r.n.max(1) as f64;
+                (
+                    format!("{per_role:.3}"),
+                    Some(per_role <= REQUESTS_PER_NEW_ROLE),
+                )
+            },
+        ),
+        line("P2 LIST requests at the start", "", &|r| {
+            (format!("{:.0}", r.cold_api.req("LIST")), None)
         }),
         line("P2 AssumeRole calls", "N", &|r| {
             (r.cold_sts.to_string(), Some(r.cold_sts == r.n))
@@ -715,20 +798,33 @@ async fn main() {
     let args = Args::parse();
     let env = env().await;
     let client = env.client().await;
+    if args.identity == Identity::ServiceAccount {
+        support::apply_manifest(&client, "deploy/rbac.yaml", None, false).await;
+    }
     let mut rows = Vec::new();
     for &n in &args.sizes {
         rows.push(run_size(env, &client, &args, n).await);
     }
     let (text, missed) = table(&args, &rows);
     println!(
-        "bench: STS latency {} ms, refresh limit {} s in compressed time, steady window {} periods, controller flags {:?}\n",
-        args.sts_latency_ms, args.refresh_limit_secs, args.steady_periods, args.controller_args
+        "bench: STS latency {} ms, refresh limit {} s in compressed time, steady window {} periods, controller identity {:?}, controller flags {:?}\n",
+        args.sts_latency_ms,
+        args.refresh_limit_secs,
+        args.steady_periods,
+        args.identity,
+        args.controller_args
     );
     println!("{text}");
     for r in &rows {
         println!(
             "N = {}: steady window {:.0} s, renewal period {:.0} s, requests by verb {:?}, failed {:?}, response bytes by verb {:?}, renewals at the edges {}",
             r.n, r.window_s, r.period_s, r.api.requests, r.api.failed, r.api.bytes, r.edge_renewals
+        );
+    }
+    for r in &rows {
+        println!(
+            "N = {}: cold start requests by verb {:?}, failed {:?}",
+            r.n, r.cold_api.requests, r.cold_api.failed
         );
     }
     if missed > 0 {
