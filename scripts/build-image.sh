@@ -39,12 +39,12 @@ epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 
 # Build from a fixed path, so paths compiled into the binary (panic locations) and Cargo's
-# fingerprints are the same for every clone.
+# fingerprints are the same for every clone. Copied by content (scripts/sync-tree.sh): a
+# changed file is newer than the last build whatever its time in this clone, so Cargo never
+# keeps a binary built from another tree; an unchanged one keeps its time and rebuilds nothing.
 src="$CACHE/image-build/src"
-mkdir -p "$src"
-rm -rf "$src/src"
-cp -p Cargo.toml Cargo.lock rust-toolchain.toml "$src/"
-cp -rp src "$src/src"
+mapfile -t sources < <(find src -type f | LC_ALL=C sort)
+scripts/sync-tree.sh "$repo" "$src" Cargo.toml Cargo.lock rust-toolchain.toml "${sources[@]}"
 export CARGO_TARGET_DIR="$CACHE/image-build/target"
 export CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$src=/build --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"

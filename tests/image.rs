@@ -197,6 +197,85 @@ fn the_same_commit_builds_the_same_digest() {
     assert_eq!(first, second);
 }
 
+/// The copy of the sources build-image.sh builds from, after another tree was built there: a
+/// changed file must be newer than that build (else Cargo keeps the other tree's binary) even
+/// when it is older in this clone, an unchanged one must keep its time (else every build
+/// recompiles the crate), and a file gone from the tree must go from the copy.
+#[test]
+fn the_build_copy_of_the_sources_follows_their_content_not_their_times() {
+    use std::time::SystemTime;
+    let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let set_time = |path: &Path, time: SystemTime| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(time)
+            .expect("set mtime");
+    };
+    let mtime = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .modified()
+            .expect("mtime")
+    };
+    let sync = |repo: &Path, copy: &Path, files: &[&str]| {
+        let status = Command::new(support::repo().join("scripts/sync-tree.sh"))
+            .arg(repo)
+            .arg(copy)
+            .args(files)
+            .status()
+            .expect("scripts/sync-tree.sh runs");
+        assert!(status.success(), "scripts/sync-tree.sh failed");
+    };
+    let (repo, copy) = (
+        tempfile::tempdir().expect("repo"),
+        tempfile::tempdir().expect("copy"),
+    );
+    let (repo, copy) = (repo.path(), copy.path().join("src"));
+    std::fs::create_dir_all(repo.join("src/aws")).expect("mkdir");
+    for (file, text) in [
+        ("Cargo.toml", "[package]"),
+        ("src/main.rs", "fn main() {}"),
+        ("src/aws/old.rs", "// gone next"),
+    ] {
+        std::fs::write(repo.join(file), text).expect("write");
+    }
+    sync(repo, &copy, &["Cargo.toml", "src/main.rs", "src/aws/old.rs"]);
+    // Another tree was built from the copy: its files are older than that build's outputs.
+    let (written, built) = (at(1_600_000_000), at(1_600_001_000));
+    for file in ["Cargo.toml", "src/main.rs", "src/aws/old.rs"] {
+        set_time(&copy.join(file), written);
+    }
+    // This clone: main.rs differs, with a time older than that build; old.rs is gone; new.rs
+    // is new, also old; Cargo.toml is the same bytes with another time.
+    std::fs::write(repo.join("src/main.rs"), "fn main() { run() }").expect("write");
+    std::fs::write(repo.join("src/new.rs"), "pub fn run() {}").expect("write");
+    std::fs::remove_file(repo.join("src/aws/old.rs")).expect("rm");
+    for file in ["Cargo.toml", "src/main.rs", "src/new.rs"] {
+        set_time(&repo.join(file), at(1_500_000_000));
+    }
+    sync(repo, &copy, &["Cargo.toml", "src/main.rs", "src/new.rs"]);
+    for file in ["src/main.rs", "src/new.rs"] {
+        assert_eq!(
+            std::fs::read(copy.join(file)).expect("copied"),
+            std::fs::read(repo.join(file)).expect("source"),
+            "{file}"
+        );
+        assert!(
+            mtime(&copy.join(file)) > built,
+            "{file} changed but is not newer than the last build: Cargo would keep its binary"
+        );
+    }
+    assert_eq!(
+        mtime(&copy.join("Cargo.toml")),
+        written,
+        "an unchanged file keeps its time"
+    );
+    assert!(!copy.join("src/aws/old.rs").exists(), "a removed file stays");
+    assert!(!copy.join("src/aws").exists(), "an emptied directory stays");
+}
+
 /// The value of `NAME=value` (a Dockerfile ENV pair or a shell assignment) in `text`.
 fn assignment(text: &str, name: &str) -> String {
     let at = text
