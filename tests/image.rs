@@ -241,7 +241,11 @@ fn the_build_copy_of_the_sources_follows_their_content_not_their_times() {
     ] {
         std::fs::write(repo.join(file), text).expect("write");
     }
-    sync(repo, &copy, &["Cargo.toml", "src/main.rs", "src/aws/old.rs"]);
+    sync(
+        repo,
+        &copy,
+        &["Cargo.toml", "src/main.rs", "src/aws/old.rs"],
+    );
     // Another tree was built from the copy: its files are older than that build's outputs.
     let (written, built) = (at(1_600_000_000), at(1_600_001_000));
     for file in ["Cargo.toml", "src/main.rs", "src/aws/old.rs"] {
@@ -272,7 +276,10 @@ fn the_build_copy_of_the_sources_follows_their_content_not_their_times() {
         written,
         "an unchanged file keeps its time"
     );
-    assert!(!copy.join("src/aws/old.rs").exists(), "a removed file stays");
+    assert!(
+        !copy.join("src/aws/old.rs").exists(),
+        "a removed file stays"
+    );
     assert!(!copy.join("src/aws").exists(), "an emptied directory stays");
 }
 

@@ -162,16 +162,18 @@ impl SecretKnowledge {
     }
 
     fn end_write(&self, namespace: &str, name: &str, written: Option<&Secret>) -> bool {
-        let held_back = self
-            .writing
-            .lock()
-            .ok()
-            .and_then(|mut w| w.remove(&key(namespace, name)))
-            .and_then(|w| w.held_back);
+        // NOTE: what was written is recorded before the write stops holding events back, under
+        // the `writing` lock: an event of this very write arriving in between is then either
+        // held back or found current, never taken for someone else's change. (Lock order:
+        // `writing`, then `entries`; nothing takes them the other way round.)
+        let writing = self.writing.lock().ok();
         match written {
             Some(secret) => self.record(namespace, name, Some(secret)),
             None => self.unseen(namespace, name),
         }
+        let held_back = writing
+            .and_then(|mut w| w.remove(&key(namespace, name)))
+            .and_then(|w| w.held_back);
         held_back.is_some_and(|rv| {
             written.and_then(|s| s.metadata.resource_version.as_ref()) != Some(&rv)
         })
@@ -319,6 +321,46 @@ mod tests {
         drop(k.begin_write("team", "app"));
         assert!(k.triggers(&meta("9")));
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+    }
+
+    /// The end of a write must never leave a moment in which the written version is neither
+    /// held back nor known: the watch event of the write itself would then trigger a needless
+    /// reconcile. The test holds `entries`, so the ending write cannot record what it wrote,
+    /// and watches whether it meanwhile stops holding events back.
+    #[test]
+    fn a_write_stops_holding_events_back_only_once_what_it_wrote_is_known() {
+        use std::sync::TryLockError;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let k = knowledge(None);
+        let begun = AtomicBool::new(false);
+        let entries = k.entries.lock().expect("lock");
+        std::thread::scope(|threads| {
+            let ending = threads.spawn(|| {
+                let write = k.begin_write("team", "app");
+                begun.store(true, Ordering::SeqCst);
+                write.finish(Some(&secret("5")))
+            });
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                // Read first: a write begun before the look must show in it.
+                let was_begun = begun.load(Ordering::SeqCst);
+                let held_back = match k.writing.try_lock() {
+                    Ok(writing) => writing.contains_key("team/app"),
+                    // The ending write holds it while it waits to record.
+                    Err(TryLockError::WouldBlock) => true,
+                    Err(TryLockError::Poisoned(_)) => panic!("poisoned"),
+                };
+                assert!(
+                    held_back || !was_begun,
+                    "events of the Secret are no longer held back, but its write is not recorded"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(entries);
+            assert!(!ending.join().expect("join"), "nothing else was held back");
+        });
+        assert!(!k.triggers(&meta("5")), "its own write triggers nothing");
     }
 
     #[test]
