@@ -65,11 +65,12 @@ const WRITE_VERBS: &[&str] = &[
 /// close to an edge of the steady window may have their call and their writes counted on
 /// different sides of it.
 const RENEWAL_SPAN: Duration = Duration::from_secs(1);
-/// The API resources the controller reads and writes (leases are left out: the benchmark runs
-/// it with `--leader-elect=false`, and the API server renews its own lease every 10 s).
-/// The ServiceAccount deploy/rbac.yaml grants the controller's permissions to.
+/// The ServiceAccount deploy/rbac.yaml grants the controller's permissions to: its namespace
+/// and name.
 const RBAC_NAMESPACE: &str = "kube-system";
 const RBAC_SERVICE_ACCOUNT: &str = "kube-aws-iam-controller";
+/// The API resources the controller reads and writes (leases are left out: the benchmark runs
+/// it with `--leader-elect=false`, and the API server renews its own lease every 10 s).
 const CONTROLLER_RESOURCES: &[&str] = &["secrets", "awsiamroles", "events", "namespaces"];
 
 #[derive(Parser, Debug, Clone)]
