@@ -174,6 +174,21 @@ impl ApiServerVerifier {
             respond,
         }
     }
+
+    /// Ends a scenario: no further request may come within a second (controller-rs's
+    /// `timeout_after_1s`). Without it, a request the scenario did not expect (a stray Event, a
+    /// DELETE) would meet the dropped mock, fail, and be swallowed by the code under test.
+    pub async fn silent(mut self) {
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(Duration::from_secs(1), self.0.next_request()).await
+        {
+            panic!(
+                "unexpected request after the scenario: {} {}",
+                request.method(),
+                request.uri().path()
+            );
+        }
+    }
 }
 
 /// A context on the fake API server, with `issuer` as STS; the sender controls leadership.
@@ -254,6 +269,7 @@ mod tests {
             let event = api.expect(Method::POST, EVENTS).await;
             assert_eq!(event.body["reason"], "CreateCredentials");
             event.echo();
+            api.silent().await;
         });
         let action = within(reconcile::reconcile_role(&r, &ctx))
             .await
@@ -284,6 +300,7 @@ mod tests {
         r.status = Some(crate::controller::status::next(None, &outcome, Utc::now()));
         let server = tokio::spawn(async move {
             api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            api.silent().await;
         });
         within(reconcile::reconcile_role(&r, &ctx))
             .await
@@ -309,6 +326,7 @@ mod tests {
             assert_eq!(status.body["metadata"]["resourceVersion"], "100");
             status.conflict();
             api.expect(Method::GET, &role_path("app")).await.ok(&newer);
+            api.silent().await;
         });
         within(reconcile::reconcile_role(&cached, &ctx))
             .await
@@ -326,6 +344,7 @@ mod tests {
             let get = api.expect(Method::GET, &secret_path("app")).await;
             let _ = leader.send(None);
             get.not_found();
+            api.silent().await;
         });
         within(reconcile::reconcile_role(&r, &ctx))
             .await
@@ -369,6 +388,7 @@ mod tests {
         let (roles, secrets) = stores(&s);
         let server = tokio::spawn(async move {
             api.expect(Method::GET, &role_path("app")).await.ok(&r);
+            api.silent().await;
         });
         within(janitor::sweep(&ctx, &roles, &secrets)).await;
         server.await.expect("server");
@@ -386,6 +406,7 @@ mod tests {
             assert_eq!(delete.body["preconditions"]["uid"], "secret-uid-app");
             assert_eq!(delete.body["preconditions"]["resourceVersion"], "200");
             delete.ok(&json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+            api.silent().await;
         });
         within(janitor::sweep(&ctx, &roles, &secrets)).await;
         server.await.expect("server");

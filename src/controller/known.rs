@@ -32,12 +32,6 @@ pub enum Observation {
     ReadLive,
 }
 
-enum Entry {
-    Known(Known),
-    /// A Secret exists that the (label-selected) cache may not show: read it live.
-    Unseen,
-}
-
 /// A write of this process in flight: the watch may deliver its event before the write's
 /// response, so events of the Secret are held back until the response says whose they were.
 #[derive(Default)]
@@ -74,7 +68,7 @@ impl Drop for Write<'_> {
 
 #[derive(Default)]
 pub struct SecretKnowledge {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Known>>,
     writing: Mutex<HashMap<String, Writing>>,
     cache: OnceLock<(Store<CachedSecret>, watch::Receiver<bool>)>,
 }
@@ -102,9 +96,7 @@ impl SecretKnowledge {
         // labelled Secrets, and a foreign Secret of the same name must be found before STS is
         // asked for credentials that could not be written.
         match (cached, entries.get(&key(namespace, name))) {
-            (Some(cached), Some(Entry::Known(known)))
-                if cached.resource_version() == known.resource_version =>
-            {
+            (Some(cached), Some(known)) if cached.resource_version() == known.resource_version => {
                 match cached.metadata() {
                     Some(metadata) => Observation::Cached {
                         metadata: Box::new(Secret {
@@ -120,29 +112,24 @@ impl SecretKnowledge {
         }
     }
 
-    /// Remembers `secret`, just written or read in full (`None`: there is none).
+    /// Remembers `secret`, just written or read in full; `None` (there is none), or a Secret
+    /// whose data cannot be summarised, is forgotten: the next reconcile reads it live.
     pub fn record(&self, namespace: &str, name: &str, secret: Option<&Secret>) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        let key = key(namespace, name);
         match secret.and_then(Known::of) {
             Some(known) => {
-                entries.insert(key, Entry::Known(known));
+                if let Ok(mut entries) = self.entries.lock() {
+                    entries.insert(key(namespace, name), known);
+                }
             }
-            None if secret.is_some() => {
-                entries.insert(key, Entry::Unseen);
-            }
-            None => {
-                entries.remove(&key);
-            }
+            None => self.forget(namespace, name),
         }
     }
 
-    /// A Secret of this name exists though the cache did not show it (a create conflicted).
-    pub fn unseen(&self, namespace: &str, name: &str) {
+    /// Forgets what this process knew of the Secret `namespace/name` (a write of it failed,
+    /// whatever the reason): the next reconcile reads it live.
+    pub fn forget(&self, namespace: &str, name: &str) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(key(namespace, name), Entry::Unseen);
+            entries.remove(&key(namespace, name));
         }
     }
 
@@ -169,7 +156,7 @@ impl SecretKnowledge {
         let writing = self.writing.lock().ok();
         match written {
             Some(secret) => self.record(namespace, name, Some(secret)),
-            None => self.unseen(namespace, name),
+            None => self.forget(namespace, name),
         }
         let held_back = writing
             .and_then(|mut w| w.remove(&key(namespace, name)))
@@ -201,7 +188,7 @@ impl SecretKnowledge {
         let key = key(&secret.namespace().unwrap_or_default(), &secret.name_any());
         matches!(
             entries.get(&key),
-            Some(Entry::Known(known))
+            Some(known)
                 if secret.metadata.resource_version.as_ref() == Some(&known.resource_version)
         )
     }
@@ -364,10 +351,26 @@ mod tests {
     }
 
     #[test]
-    fn a_conflicting_create_makes_the_next_reconcile_read_live() {
-        let k = knowledge(None);
-        k.unseen("team", "app");
+    fn a_failed_write_makes_the_next_reconcile_read_live() {
+        // Known and cached at the same version: decided from the cache.
+        let k = knowledge(Some("5"));
+        k.record("team", "app", Some(&secret("5")));
+        assert!(matches!(
+            k.observe("team", "app"),
+            Observation::Cached { .. }
+        ));
+        // A write of it fails (a conflict, a timeout): what was known is no longer trusted,
+        // though the cache still shows the same version.
+        let w = k.begin_write("team", "app");
+        assert!(!w.finish(None));
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
+        // Read live and found: cached again.
+        k.record("team", "app", Some(&secret("5")));
+        assert!(matches!(
+            k.observe("team", "app"),
+            Observation::Cached { .. }
+        ));
+        // Read live and found gone: read live again next time.
         k.record("team", "app", None);
         assert!(matches!(k.observe("team", "app"), Observation::ReadLive));
     }
