@@ -54,9 +54,7 @@ async fn role_arn(args: &BootstrapArgs, sts: &StsIssuer) -> Result<RoleArn> {
         return arn::resolve(&args.role, None).map_err(bad);
     }
     let base: BaseRoleArn = match &args.aws.base_role_arn {
-        Some(b) => b
-            .parse()
-            .map_err(|e| Error::Config(format!("--base-role-arn: {e}")))?,
+        Some(b) => b.clone(),
         None => {
             let identity = sts.caller_arn().await?;
             arn::base_from_identity(&identity).map_err(bad)?

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
+use crate::aws::arn::BaseRoleArn;
 use crate::aws::limit::RateLimit;
 use crate::aws::options::{self, SourceIdentityTemplate, StsOptions, TagSettings};
 use crate::policy::PolicyMode;
@@ -67,6 +68,48 @@ pub struct Args {
     pub webhook: WebhookArgs,
 }
 
+impl Args {
+    /// The reconcile loop's tunables.
+    pub fn settings(&self) -> crate::controller::Settings {
+        crate::controller::Settings {
+            refresh_limit: self.controller.refresh_limit,
+            backoff_base: self.controller.backoff_base,
+            max_backoff: self.controller.max_backoff,
+            sts_options: self.sts.options(),
+            ..crate::controller::Settings::default()
+        }
+    }
+
+    /// The reconcile loop's scope and pacing.
+    pub fn run_options(&self) -> crate::controller::RunOptions {
+        crate::controller::RunOptions {
+            namespace: self.kube.namespace.clone(),
+            concurrency: self.controller.concurrency,
+            janitor_interval: self.controller.interval,
+        }
+    }
+
+    /// The admin server, the election (as replica `identity`) and the shutdown timeout.
+    pub fn process_settings(&self, identity: &str) -> crate::runtime::ProcessSettings {
+        let l = &self.leader;
+        crate::runtime::ProcessSettings {
+            election: l
+                .leader_elect
+                .then(|| crate::controller::leader::LeaseSettings {
+                    name: l.lease_name.clone(),
+                    namespace: l.lease_namespace.clone().unwrap_or_else(|| {
+                        std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "kube-system".into())
+                    }),
+                    identity: identity.to_string(),
+                    duration: l.lease_duration,
+                    grace: l.lease_grace,
+                }),
+            admin_addr: Some(self.runtime.admin_addr),
+            shutdown_timeout: l.shutdown_timeout,
+        }
+    }
+}
+
 /// Who may get which role (`docs/security.md`).
 #[derive(Clone, Debug, ClapArgs)]
 pub struct PolicyArgs {
@@ -84,9 +127,25 @@ pub struct PolicyArgs {
     #[arg(
         long,
         env = "KAIC_OWN_AWSIAMROLE",
-        default_value = "kube-system/kube-aws-iam-controller"
+        default_value = "kube-system/kube-aws-iam-controller",
+        value_parser = namespaced_name
     )]
-    pub own_awsiamrole: String,
+    pub own_awsiamrole: (String, String),
+}
+
+/// `NAMESPACE/NAME`, both non-empty.
+fn namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
+}
+
+fn base_role_arn(s: &str) -> Result<BaseRoleArn, String> {
+    s.parse()
+        .map_err(|e: crate::aws::arn::ArnError| e.to_string())
 }
 
 fn account_id(s: &str) -> Result<String, String> {
@@ -115,8 +174,8 @@ pub struct KubeArgs {
 pub struct AwsArgs {
     /// Prefix for bare role names, e.g. arn:aws:iam::123456789012:role/ (default: the account
     /// and partition of the controller's own identity, from STS GetCallerIdentity).
-    #[arg(long, env = "KAIC_BASE_ROLE_ARN")]
-    pub base_role_arn: Option<String>,
+    #[arg(long, env = "KAIC_BASE_ROLE_ARN", value_parser = base_role_arn)]
+    pub base_role_arn: Option<BaseRoleArn>,
     /// STS region (default: the AWS SDK's region chain, e.g. AWS_REGION); selects the regional endpoint.
     #[arg(long, env = "KAIC_STS_REGION")]
     pub sts_region: Option<String>,
@@ -415,6 +474,39 @@ mod tests {
         assert_eq!(a.controller.interval, Duration::from_secs(10));
         assert!(a.runtime.debug);
         assert_eq!(a.kube.namespace.as_deref(), Some("team"));
+    }
+
+    #[test]
+    fn the_own_awsiamrole_and_the_base_role_arn_are_checked_at_parse_time() {
+        let a = Args::try_parse_from([
+            "x",
+            "--own-awsiamrole=ops/iam",
+            "--base-role-arn=arn:aws:iam::123456789012:role/",
+        ])
+        .expect("parse");
+        assert_eq!(a.policy.own_awsiamrole, ("ops".into(), "iam".into()));
+        assert_eq!(
+            a.aws.base_role_arn.map(|b| b.to_string()),
+            Some("arn:aws:iam::123456789012:role/".into())
+        );
+        let d = Args::try_parse_from(["x"]).expect("parse");
+        assert_eq!(
+            d.policy.own_awsiamrole,
+            ("kube-system".into(), "kube-aws-iam-controller".into())
+        );
+        for bad in [
+            vec!["x", "--own-awsiamrole=iam"],
+            vec!["x", "--own-awsiamrole=/iam"],
+            vec!["x", "--own-awsiamrole=a/b/c"],
+            vec!["x", "--base-role-arn=arn:aws:s3:::bucket"],
+        ] {
+            let e = Args::try_parse_from(&bad).expect_err("refused");
+            assert!(
+                e.to_string()
+                    .contains(bad[1].split('=').next().unwrap_or_default()),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

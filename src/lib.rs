@@ -10,6 +10,7 @@ pub mod crd;
 pub mod kubeclient;
 pub mod metrics;
 pub mod policy;
+pub mod runtime;
 pub mod webhook;
 
 /// Errors of the reconcile loop and the process around it. Messages never contain credentials.
@@ -19,8 +20,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("sts: {0}")]
     Sts(#[from] aws::IssueError),
-    #[error("sts returned credentials that expire at {0}, which is not in the future")]
-    ExpiredOnArrival(String),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -29,12 +28,53 @@ impl Error {
     /// A bounded label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube",
+            Error::Kube(e) => kube_failure_class(e),
             Error::Sts(e) => e.reason(),
-            Error::ExpiredOnArrival(_) => "ExpiredOnArrival",
             Error::Config(_) => "config",
         }
     }
 }
 
+/// The class of a Kubernetes API failure, for the reconcile metrics' bounded `result` label:
+/// which failures dominate (conflicts, throttling, RBAC, an unreachable API server) shows
+/// without reading logs.
+fn kube_failure_class(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(status) => match status.code {
+            409 => "kube-conflict",
+            404 => "kube-not-found",
+            401 | 403 => "kube-forbidden",
+            422 => "kube-invalid",
+            429 => "kube-throttled",
+            500..=599 => "kube-server-error",
+            _ => "kube-other",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "kube-unreachable",
+        kube::Error::SerdeError(_) => "kube-decode",
+        _ => "kube-other",
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(
+            kube::core::Status::failure("x", "Conflict")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn reconcile_errors_are_labelled_by_failure_class() {
+        assert_eq!(api(409).metric_label(), "kube-conflict");
+        assert_eq!(api(403).metric_label(), "kube-forbidden");
+        assert_eq!(api(503).metric_label(), "kube-server-error");
+        assert_eq!(api(429).metric_label(), "kube-throttled");
+        assert_eq!(Error::Config("x".into()).metric_label(), "config");
+    }
+}

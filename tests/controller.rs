@@ -13,30 +13,12 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use support::{data, role, run_controller, sts_issuer, test_settings, wait_for, wait_for_within};
+use support::{
+    data, ready_role, role, run_controller, secret_where, sts_issuer, test_settings, wait_for,
+    wait_for_within,
+};
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
-
-async fn secret_where(api: &Api<Secret>, name: &str, pred: impl Fn(&Secret) -> bool) -> Secret {
-    wait_for(&format!("secret {name}"), || async {
-        api.get_opt(name).await.ok().flatten().filter(|s| pred(s))
-    })
-    .await
-}
-
-async fn ready_role(
-    api: &Api<AWSIAMRole>,
-    name: &str,
-    status: &str,
-    reason: Option<&str>,
-) -> AWSIAMRole {
-    wait_for(&format!("{name} Ready={status} {reason:?}"), || async {
-        let r = api.get(name).await.ok()?;
-        let c = r.ready_condition()?;
-        (c.status == status && reason.is_none_or(|x| c.reason == x)).then_some(r)
-    })
-    .await
-}
 
 async fn events(client: &Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);

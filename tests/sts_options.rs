@@ -14,28 +14,14 @@ use kube::api::{Api, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::{RecordedRequest, StsDouble};
 use support::{
-    data, role, run_controller, start_binary, sts_issuer, test_settings, wait_for, wait_for_within,
+    data, ready_role, role, run_controller, secret, start_binary, sts_issuer, test_settings,
+    wait_for_within,
 };
 
 const PREFIX: &str = "arn:aws:iam::123456789012:role/";
 const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::reports/*"}]}"#;
 const READ_ONLY: &str = "arn:aws:iam::aws:policy/ReadOnlyAccess";
 const TEAM_POLICY: &str = "arn:aws:iam::123456789012:policy/team/s3-read";
-
-async fn secret(api: &Api<Secret>, name: &str) -> Secret {
-    wait_for(&format!("secret {name}"), || async {
-        api.get_opt(name).await.ok().flatten()
-    })
-    .await
-}
-
-async fn ready(api: &Api<AWSIAMRole>, name: &str, status: &str) -> AWSIAMRole {
-    wait_for(&format!("{name} Ready={status}"), || async {
-        let r = api.get(name).await.ok()?;
-        (r.ready_condition()?.status == status).then_some(r)
-    })
-    .await
-}
 
 fn assume_requests(sts: &StsDouble, arn: &str) -> Vec<RecordedRequest> {
     sts.requests()
@@ -217,7 +203,7 @@ async fn invalid_session_policies_are_reported_without_calling_sts() {
             .expect("create");
     }
     for (name, needle) in [("not-json", "spec.policy"), ("gov-policy", "partition")] {
-        let r = ready(&roles, name, "False").await;
+        let r = ready_role(&roles, name, "False", None).await;
         let c = r.ready_condition().expect("condition");
         assert_eq!(c.reason, "InvalidSessionPolicy");
         assert!(c.message.contains(needle), "{}", c.message);
@@ -248,7 +234,7 @@ async fn under_assume_role_long_sessions_are_capped_to_one_hour_and_the_session_
         .await
         .expect("create");
     let s = secret(&secrets, "long").await;
-    let r = ready(&roles, "long", "True").await;
+    let r = ready_role(&roles, "long", "True", None).await;
     let message = r.ready_condition().expect("condition").message.clone();
     assert!(
         message.contains("roleSessionDuration 7200s was capped to 3600s"),
@@ -434,7 +420,7 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
         .await
         .expect("create");
     let s = secret(&secrets, "scoped").await;
-    ready(&roles, "scoped", "True").await;
+    ready_role(&roles, "scoped", "True", None).await;
     // boto3 with the Secret's `credentials` file is the assumed role.
     let arn = support::boto3_identity_from_secret(env, &s);
     assert_eq!(
@@ -455,7 +441,7 @@ async fn a_controller_role_that_cannot_be_assumed_is_reported_as_such_not_as_a_n
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await
         .expect("create");
-    let r = ready(&roles, "app", "False").await;
+    let r = ready_role(&roles, "app", "False", None).await;
     let c = r.ready_condition().expect("condition");
     assert_eq!(c.reason, "ControllerCredentialsInvalid", "{}", c.message);
     assert!(c.message.contains("--assume-role"), "{}", c.message);

@@ -627,13 +627,8 @@ async fn certificate_rotation_while_pods_are_created_fails_no_admission() {
         failed.load(Ordering::SeqCst),
     );
     let text = metrics.render();
-    let sample = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
+    // A missing series fails the test instead of reading as 0.
+    let sample = |name: &str| support::metric(&text, name);
     let (sum, count) = (
         sample("kaic_webhook_admission_duration_seconds_sum"),
         sample("kaic_webhook_admission_duration_seconds_count"),

@@ -74,3 +74,33 @@ pub async fn base_role_arn(
 ) -> Option<(BaseRoleArn, Source)> {
     try_base_role_arn(imds, sts).await.ok().flatten()
 }
+
+/// Settles the base role ARN from IMDS or STS, retrying (1 s doubling to 30 s) while STS cannot
+/// be asked, and records it in `learned`; `None` when the identity yields no base (only full
+/// ARNs work then). Roles given as full ARNs are served meanwhile.
+pub async fn settle_base_role_arn(
+    imds: Option<ImdsSettings>,
+    sts: StsIssuer,
+    learned: std::sync::Arc<crate::controller::learned::Learned>,
+) -> Option<BaseRoleArn> {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        match try_base_role_arn(imds.as_ref(), &sts).await {
+            Ok(found) => {
+                let base = found.map(|(base, _)| base);
+                if let Some(b) = &base {
+                    learned.set_base_role_arn(b.clone());
+                }
+                return base;
+            }
+            Err(_) => {
+                warn!(
+                    retry_in_s = delay.as_secs(),
+                    "base role ARN discovery failed; retrying (roles given as full ARNs are served meanwhile)"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
