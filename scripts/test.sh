@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
+# Every process this run starts inherits the marker: the leftover check at the end looks for
+# it, so a cluster someone else started from the same cached binaries is never taken for ours.
+export KAIC_RUN_ID="${KAIC_RUN_ID:-test-$started-$$-$RANDOM}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Independent tool builds side by side; each is a cache hit after the first run.
@@ -69,7 +72,7 @@ fi
 scripts/demo.sh
 # Nothing the tests started may outlive them (the watchdogs end it within a few seconds).
 sleep 3
-left=$(pgrep -af "$KAIC_CONTROL_PLANE_DIR/|moto_server|ec2-metadata-mock|$KAIC_KUBELET_VOLUME|$PWD/target/[a-z]+/kube-aws-iam-controller" | grep -v pgrep || true)
+left=$(scripts/leftovers.sh "$KAIC_RUN_ID")
 if [ -n "$left" ]; then
   echo "test.sh: processes left running after the tests:" >&2
   echo "$left" >&2

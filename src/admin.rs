@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    /// Both watch caches are synced (so the CRD is served).
+    /// The AWSIAMRole and Secret watch caches are filled, and the Namespace cache when a
+    /// namespace role policy is on (so the CRD is served and the policy can judge).
     pub ready: Arc<AtomicBool>,
     /// The controller loop is running.
     pub alive: Arc<AtomicBool>,
@@ -56,7 +57,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: AWSIAMRole and Secret caches not synced (is the CRD installed?)\n",
+            "not ready: AWSIAMRole, Secret or Namespace caches not synced (is the CRD installed?)\n",
         )
     }
 }

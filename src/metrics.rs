@@ -168,7 +168,7 @@ impl Metrics {
         );
         registry.register(
             "leader_election_seconds_since_success",
-            "Seconds since the leader election last completed a Lease call (0 without election)",
+            "Seconds since the leader election last completed a Lease call, or since it started while none has (0 without election)",
             election_success_age.clone(),
         );
         registry.register(

@@ -508,6 +508,13 @@ async fn the_controller_is_healthy_and_ready_while_discovery_retries_and_bare_na
         "discovery must still be failing here:\n{}",
         bin.logs()
     );
+    // Meanwhile the roles say what they wait for, instead of nothing at all.
+    let waiting =
+        support::ready_role(&roles, "by-arn", "False", Some("ControllerIdentityUnknown")).await;
+    println!(
+        "waiting for the controller's identity: {:?}",
+        waiting.ready_condition().map(|c| c.message.clone())
+    );
     // Nothing is issued before the controller knows its own identity (the namespace role
     // policy's guard needs GetCallerIdentity too); once STS answers, the bare name resolves
     // against the discovered base without any change to the AWSIAMRole.
@@ -543,4 +550,33 @@ async fn stopping_a_controller_that_does_not_stop_fails_the_test() {
 #[should_panic(expected = "no series kaic_renamed")]
 fn an_absent_metric_fails_instead_of_reading_zero() {
     metric("kaic_leader 1\n", "kaic_renamed");
+}
+
+/// `scripts/test.sh` fails when a process of its run outlives the tests. It must find the
+/// processes this run started, and only those: a cluster someone else started from the same
+/// cached binaries once failed a passing run (the old check matched any process run from the
+/// cache's paths).
+#[test]
+fn the_leftover_check_lists_the_processes_of_its_own_run_only() {
+    let start = |run: &str| {
+        std::process::Command::new("sleep")
+            .arg("60")
+            .env("KAIC_RUN_ID", run)
+            .spawn()
+            .expect("sleep")
+    };
+    let mut ours = start("leftover-check-ours");
+    let mut theirs = start("leftover-check-theirs");
+    let out = std::process::Command::new(support::repo().join("scripts/leftovers.sh"))
+        .arg("leftover-check-ours")
+        .env("KAIC_RUN_ID", "leftover-check-ours")
+        .output()
+        .expect("scripts/leftovers.sh runs");
+    let _ = (ours.kill(), theirs.kill(), ours.wait(), theirs.wait());
+    assert!(out.status.success(), "{out:?}");
+    let listed: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(listed, vec![ours.id()], "{out:?}");
 }

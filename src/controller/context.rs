@@ -12,7 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::backoff::Backoff;
 use super::known::SecretKnowledge;
@@ -152,6 +152,7 @@ impl Context {
     /// changes something; never for an object that moved on to a newer generation. The patch
     /// carries the resourceVersion of the object it was computed from (the cached one, then,
     /// after a conflict, the live one): a change in between is a conflict, never overwritten.
+    #[instrument(name = "status_write", skip_all)]
     pub async fn write_status(
         &self,
         role: &AWSIAMRole,

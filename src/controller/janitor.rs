@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use super::cache::{CachedSecret, Owners};
 use super::context::Context;
@@ -49,6 +49,7 @@ pub fn orphans(
 
 /// One pass: delete orphans (with UID and resourceVersion preconditions) and forget the
 /// metrics of deleted roles.
+#[instrument(name = "janitor_sweep", skip_all)]
 pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<CachedSecret>) {
     let role_keys: HashSet<(String, String)> = roles
         .state()
@@ -110,7 +111,7 @@ pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<Cac
     }
 }
 
-/// Sweeps every `interval` once `synced` says both caches are filled.
+/// Sweeps every `interval` once `synced` says the watch caches are filled.
 pub async fn run(
     ctx: Arc<Context>,
     roles: Store<AWSIAMRole>,

@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::metrics::Metrics;
 
@@ -184,6 +184,8 @@ pub fn elected(settings: &LeaseSettings, metrics: Arc<Metrics>) -> (Leadership, 
         heartbeat: Mutex::new(Instant::now()),
         wedged_after: Some(settings.wedged_after()),
     });
+    // NOTE: the age counts from the election's start until a Lease call completes, so an
+    // election that never reaches the API server shows a growing age, not 0.
     metrics.election_succeeded();
     (
         Leadership {
@@ -303,6 +305,7 @@ fn version_of(lease: &Lease) -> Result<String, StoreError> {
 }
 
 impl LeaseStore for KubeLease {
+    #[instrument(name = "lease_get", skip_all, fields(lease = %self.name))]
     async fn get(&self) -> Result<Option<Observed>, StoreError> {
         let Some(lease) = self.api.get_opt(&self.name).await.map_err(store_error)? else {
             return Ok(None);
@@ -319,6 +322,7 @@ impl LeaseStore for KubeLease {
         }))
     }
 
+    #[instrument(name = "lease_create", skip_all, fields(lease = %self.name))]
     async fn create(&self, holding: &Holding) -> Result<String, StoreError> {
         let lease: Lease = serde_json::from_value(json!({
             "apiVersion": "coordination.k8s.io/v1",
@@ -335,6 +339,7 @@ impl LeaseStore for KubeLease {
         version_of(&created)
     }
 
+    #[instrument(name = "lease_update", skip_all, fields(lease = %self.name, release = holding.is_none()))]
     async fn update(&self, version: &str, holding: Option<&Holding>) -> Result<String, StoreError> {
         // A merge patch that names the resourceVersion is applied only at that version.
         let spec = match holding {
@@ -470,6 +475,7 @@ pub async fn run<S: LeaseStore>(
     release(&store, &settings).await;
 }
 
+#[instrument(name = "lease_release", skip_all, fields(lease = %settings.name))]
 async fn release<S: LeaseStore>(store: &S, settings: &LeaseSettings) {
     for _ in 0..2 {
         let observed = match call(settings.call_timeout(), store.get()).await {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 
 use crate::aws::BaseRoleArn;
-use crate::aws::options::SessionLength;
 
 /// Runtime state shared by the reconcilers; set by start-up tasks and by STS's answers.
 pub struct Learned {
@@ -49,11 +48,6 @@ impl Learned {
     pub fn mark_chained(&self) {
         self.chained.store(true, Ordering::Relaxed);
     }
-
-    /// The session length to ask STS for, given what has been learned.
-    pub fn session_length(&self, requested: i64) -> SessionLength {
-        SessionLength::new(requested, self.is_chained())
-    }
 }
 
 #[cfg(test)]
@@ -74,11 +68,11 @@ mod tests {
     }
 
     #[test]
-    fn chaining_once_learned_caps_sessions_at_one_hour() {
+    fn chaining_once_learned_is_remembered() {
         let l = Learned::new(None, false);
-        assert_eq!(l.session_length(7200).seconds, 7200);
+        assert!(!l.is_chained());
         l.mark_chained();
-        assert_eq!(l.session_length(7200).seconds, 3600);
+        assert!(l.is_chained());
         assert!(Learned::new(None, true).is_chained());
     }
 }

@@ -46,7 +46,7 @@ pub struct RunOptions {
 }
 
 /// Runs until `shutdown` resolves and in-flight reconciles have finished (at once if the watch
-/// caches never synced: then nothing is in flight); `ready` turns true once both watch caches
+/// caches never synced: then nothing is in flight); `ready` turns true once the watch caches
 /// are filled.
 pub async fn run(
     ctx: Arc<Context>,
@@ -236,7 +236,8 @@ pub async fn run(
         opts.janitor_interval,
     );
     // Becoming leader reconciles everything once (no STS call for credentials still valid), and
-    // so does learning the base role ARN (bare role names become resolvable).
+    // so do learning the base role ARN (bare role names become resolvable) and learning the
+    // controller's own identity (roles waiting for it back off meanwhile).
     let takeover =
         futures::stream::unfold((ctx.leader.changes(), false), |(mut rx, led)| async move {
             if led {
@@ -252,7 +253,16 @@ pub async fn run(
         info!("base role ARN known: reconciling all AWSIAMRoles");
         Some(((), rx))
     });
-    let reconcile_all = futures::stream::select(takeover, discovered);
+    let identified = futures::stream::unfold(ctx.policy.identity_changes(), |mut rx| async move {
+        if *rx.borrow_and_update() {
+            return None;
+        }
+        rx.wait_for(|known| *known).await.ok()?;
+        info!("the controller's identity is known: reconciling all AWSIAMRoles");
+        Some(((), rx))
+    });
+    let reconcile_all =
+        futures::stream::select(futures::stream::select(takeover, discovered), identified);
     ctx.metrics
         .set_leader(ctx.leader.changes().borrow().is_some());
     let leader_metric = {

@@ -11,15 +11,19 @@ use sha2::{Digest, Sha256};
 
 use super::backoff;
 use super::context::Settings;
-use super::policy::Judgement;
+use super::policy::{Judgement, PolicyView};
 use super::secret::{self, Content, Issuance, Known, Ownership, Stored};
 use super::status::{self, Announce, Note, Outcome, Severity};
-use crate::aws::arn::{self, BaseRoleArn, RoleArn};
-use crate::aws::options::SessionLength;
+use crate::aws::arn::{self, BaseRoleArn};
+use crate::aws::options::{self, SessionLength};
 use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
 use crate::crd::AWSIAMRole;
 use crate::metrics::PolicyState;
 use crate::policy::{Denial, Verdict};
+
+/// The Ready condition's reason while the controller cannot judge the namespace role policy
+/// because it does not know its own identity.
+pub const IDENTITY_UNKNOWN: &str = "ControllerIdentityUnknown";
 
 /// Why new credentials are needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +70,8 @@ pub struct Observed<'a> {
     pub failures: u32,
     /// 0.0 to 1.0: spreads requeues of many objects.
     pub jitter: f64,
-    /// The namespace role policy's judgement of a role ARN (it reads the watched Namespaces).
-    pub policy: &'a (dyn Fn(&RoleArn) -> Judgement + Sync),
+    /// What the namespace role policy judges by: the Namespace's annotations, the guard.
+    pub policy: &'a PolicyView,
     /// STS treats the controller's credentials as a role session: sessions are capped at 1 h.
     pub chained: bool,
 }
@@ -86,8 +90,8 @@ pub enum Requeue {
 /// What to write, and when to look again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Writes {
-    /// The whole Secret to create (no Secret observed) or replace (with the observed
-    /// resourceVersion).
+    /// The whole Secret to create (no Secret observed), or to merge-patch the observed one
+    /// into (`secret::merge_patch`: only what differs, on the observed resourceVersion).
     pub secret: Option<Secret>,
     pub status: Option<Outcome>,
     pub events: Vec<Note>,
@@ -344,9 +348,6 @@ fn judge(obs: &Observed<'_>, stored: &Stored, role_arn: &str, hash: &str) -> Opt
 pub fn decide(obs: &Observed<'_>) -> Plan {
     let role = obs.role;
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
-    if role.meta().deletion_timestamp.is_some() {
-        return Plan::Write(Writes::nothing(Requeue::AwaitChange));
-    }
     if let Some(problem) = &role.spec.invalid {
         return not_ready(
             obs,
@@ -379,9 +380,21 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
             );
         }
     };
-    let would_deny = match (obs.policy)(&arn) {
-        Judgement::Pending(_) => {
-            return Plan::Write(Writes::nothing(Requeue::After(obs.settings.backoff_base)));
+    let would_deny = match obs.policy.judge(&arn, obs.base_role_arn) {
+        Judgement::IdentityUnknown => {
+            return not_ready(
+                obs,
+                IDENTITY_UNKNOWN,
+                "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
+                Requeue::Backoff(backoff(obs)),
+            );
+        }
+        Judgement::NamespaceUnknown(_) => {
+            return Plan::Write(Writes::nothing(Requeue::After(
+                obs.settings
+                    .backoff_base
+                    .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
+            )));
         }
         Judgement::Verdict(Verdict::Denied(denial)) => return deny(obs, &arn.to_string(), denial),
         Judgement::Verdict(Verdict::WouldDeny(denial)) => Some(denial),
@@ -479,6 +492,44 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
         issued: None,
         policy: Some(policy_state(would_deny.as_ref())),
     })
+}
+
+/// What STS's answer to an [`Issue`] leads to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolution {
+    /// Carry these out.
+    Writes(Writes),
+    /// STS refused the session length because the controller's credentials are a role session
+    /// (role chaining caps sessions at one hour): remember that, and ask again at once with
+    /// this capped request. At most once per reconcile: the capped request is within the cap.
+    Chained(Issue),
+}
+
+/// Turns STS's answer to `issue` into what to do next: the writes, or the one capped retry
+/// when STS says the controller's credentials are a role session.
+pub fn answer(
+    obs: &Observed<'_>,
+    issue: &Issue,
+    answer: Result<IssuedCredentials, IssueError>,
+    now: DateTime<Utc>,
+) -> Resolution {
+    match &answer {
+        Err(e)
+            if options::is_chaining_limit(&e.code, &e.message)
+                && issue.length.seconds > options::CHAINED_MAX_SECONDS =>
+        {
+            let length = SessionLength::new(issue.length.requested, true);
+            Resolution::Chained(Issue {
+                request: IssueRequest {
+                    duration_seconds: length.seconds,
+                    ..issue.request.clone()
+                },
+                length,
+                ..issue.clone()
+            })
+        }
+        _ => Resolution::Writes(resolve(obs, issue, answer, now)),
+    }
 }
 
 /// Turns STS's answer to `issue` into the writes; `now` is when the answer arrived.
@@ -706,13 +757,24 @@ mod tests {
             base_role_arn: None,
             failures: 0,
             jitter: 0.0,
-            policy: &permit,
+            policy: &PERMIT,
             chained: false,
         }
     }
 
-    fn permit(_: &RoleArn) -> Judgement {
-        Judgement::Verdict(Verdict::Permitted)
+    static PERMIT: std::sync::LazyLock<PolicyView> =
+        std::sync::LazyLock::new(PolicyView::permissive);
+
+    /// A namespace without any policy annotation, under `mode`: `Enforce` denies every role,
+    /// `Audit` reports what enforce would deny.
+    fn unannotated(mode: crate::policy::PolicyMode) -> PolicyView {
+        PolicyView::Known {
+            mode,
+            namespace: "team".into(),
+            annotations: Some(Default::default()),
+            guard: crate::policy::Guard::default(),
+            own: false,
+        }
     }
 
     /// The Secret a successful issue for `role` at `issued` writes.
@@ -874,11 +936,7 @@ mod tests {
             "a metadata repair neither writes nor removes credentials: {patch}"
         );
         // Denied: the withdrawal nulls the credentials even though no data was observed.
-        let deny = |_: &RoleArn| {
-            Judgement::Verdict(Verdict::Denied(Denial {
-                message: "no".into(),
-            }))
-        };
+        let deny = unannotated(crate::policy::PolicyMode::Enforce);
         let mut o = obs(&r, Some(&meta), &s);
         o.known = Some(&known);
         o.policy = &deny;
@@ -1063,11 +1121,7 @@ mod tests {
         let s = settings();
         let r = role(ARN, 1);
         let secret = issued_secret(&r, &s, 3600);
-        let deny = |_: &RoleArn| {
-            Judgement::Verdict(Verdict::Denied(Denial {
-                message: "not here".into(),
-            }))
-        };
+        let deny = unannotated(crate::policy::PolicyMode::Enforce);
         let mut o = obs(&r, Some(&secret), &s);
         o.policy = &deny;
         let Plan::Write(w) = decide(&o) else {
@@ -1082,7 +1136,7 @@ mod tests {
                 ..
             })
         ));
-        let pending = |_: &RoleArn| Judgement::Pending("not known yet");
+        let pending = PolicyView::NamespaceUnknown("not in the cache yet");
         o.policy = &pending;
         let Plan::Write(w) = decide(&o) else {
             panic!("no STS while pending")
@@ -1092,17 +1146,78 @@ mod tests {
             (None, None),
             "neither issue nor withdraw"
         );
-        let audit = |_: &RoleArn| {
-            Judgement::Verdict(Verdict::WouldDeny(Denial {
-                message: "not here".into(),
-            }))
-        };
+        // Waiting for the controller's identity: the role says so, and backs off with jitter
+        // instead of every role looking again every --backoff-base in lockstep.
+        let unknown = PolicyView::IdentityUnknown;
+        o.policy = &unknown;
+        o.failures = 1;
+        let mut delays = Vec::new();
+        for jitter in [0.0, 1.0] {
+            o.jitter = jitter;
+            let Plan::Write(w) = decide(&o) else {
+                panic!("no STS without the controller's identity")
+            };
+            assert_eq!(w.secret, None, "neither issue nor withdraw");
+            assert!(
+                matches!(&w.status, Some(Outcome::NotReady { reason, .. }) if *reason == IDENTITY_UNKNOWN),
+                "{:?}",
+                w.status
+            );
+            assert_eq!(w.events[0].reason, IDENTITY_UNKNOWN);
+            let Requeue::Backoff(delay) = w.requeue else {
+                panic!("backs off: {:?}", w.requeue)
+            };
+            delays.push(delay);
+        }
+        assert_ne!(delays[0], delays[1], "spread by the jitter");
+        (o.jitter, o.failures) = (0.0, 0);
+        let audit = unannotated(crate::policy::PolicyMode::Audit);
         o.policy = &audit;
         let Plan::Write(w) = decide(&o) else {
             panic!("kept")
         };
         assert_eq!(w.events[0].reason, "PolicyWouldDeny");
         assert_eq!(w.policy, Some(PolicyState::WouldDeny));
+    }
+
+    #[test]
+    fn sts_saying_role_chaining_makes_the_plan_ask_once_more_capped_at_one_hour() {
+        let s = settings();
+        let mut r = role(ARN, 1);
+        r.spec.role_session_duration = 7200;
+        let o = obs(&r, None, &s);
+        let Plan::Issue(issue) = decide(&o) else {
+            panic!("issue")
+        };
+        assert_eq!(issue.request.duration_seconds, 7200);
+        let chaining = IssueError {
+            code: "ValidationError".into(),
+            message: "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.".into(),
+            kind: FailureKind::Permanent,
+        };
+        let Resolution::Chained(capped) = answer(&o, &issue, Err(chaining.clone()), now()) else {
+            panic!("one capped retry")
+        };
+        assert_eq!(capped.request.duration_seconds, 3600);
+        assert_eq!(capped.length.requested, 7200);
+        assert_eq!(
+            capped.request_hash, issue.request_hash,
+            "the same request, capped"
+        );
+        // The capped request refused the same way is a failure like any other: no loop.
+        let Resolution::Writes(w) = answer(&o, &capped, Err(chaining), now()) else {
+            panic!("no second retry")
+        };
+        assert!(
+            matches!(w.status, Some(Outcome::NotReady { .. })),
+            "{:?}",
+            w.status
+        );
+        // Any other answer resolves as before.
+        let Resolution::Writes(w) = answer(&o, &capped, Ok(creds(3600)), now()) else {
+            panic!("writes")
+        };
+        assert!(w.secret.is_some());
     }
 
     #[test]

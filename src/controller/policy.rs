@@ -1,6 +1,7 @@
 //! The namespace role policy at run time: the mode, the controller's own identities once learned,
 //! and the watched Namespaces' annotations. The decision itself is `crate::policy::evaluate`.
 
+use std::collections::BTreeMap;
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct PolicyContext {
     guard: RwLock<Option<Guard>>,
     /// The Namespace cache and whether it has been filled.
     namespaces: OnceLock<(NamespaceStore, watch::Receiver<bool>)>,
+    /// Turns true once the guard is in force (the controller knows its own identity).
+    identity: watch::Sender<bool>,
 }
 
 /// The answer for one AWSIAMRole.
@@ -36,9 +39,13 @@ pub struct PolicyContext {
 pub enum Judgement {
     /// The policy's verdict.
     Verdict(Verdict),
-    /// Not known yet (the controller's identity or the Namespace is not known yet): neither
-    /// issue nor withdraw; look again soon.
-    Pending(&'static str),
+    /// The controller does not know its own identity yet (`GetCallerIdentity` fails): neither
+    /// issue nor withdraw; the role says so in its status and backs off (every role is
+    /// reconciled again once the identity is learned).
+    IdentityUnknown,
+    /// The role's Namespace is not in the cache (yet): neither issue nor withdraw; look again
+    /// soon (a Namespace new to the cache reconciles its roles, too).
+    NamespaceUnknown(&'static str),
 }
 
 impl PolicyContext {
@@ -48,6 +55,7 @@ impl PolicyContext {
         PolicyContext {
             mode,
             own,
+            identity: watch::Sender::new(guard.is_some()),
             guard: RwLock::new(guard),
             namespaces: OnceLock::new(),
         }
@@ -61,7 +69,21 @@ impl PolicyContext {
     pub fn set_guard(&self, guard: Guard) {
         if let Ok(mut g) = self.guard.write() {
             *g = Some(guard);
+            self.identity.send_replace(true);
         }
+    }
+
+    /// Turns true once the controller knows its own identity (wakes on [`Self::set_guard`]).
+    pub fn identity_changes(&self) -> watch::Receiver<bool> {
+        self.identity.subscribe()
+    }
+
+    /// Resolves once the controller knows its own identity, or after `limit`: a reconcile at
+    /// start waits for the first `GetCallerIdentity` instead of reporting a role as waiting
+    /// for it.
+    pub async fn identity_known(&self, limit: Duration) {
+        let mut known = self.identity.subscribe();
+        let _ = tokio::time::timeout(limit, known.wait_for(|k| *k)).await;
     }
 
     /// Gives the reconciler the Namespace cache (once, from the watch in `controller::run`) and
@@ -88,39 +110,100 @@ impl PolicyContext {
         self.mode != PolicyMode::None
     }
 
-    /// The judgement for `role`, which resolves to `arn`.
-    pub fn judge(&self, role: &AWSIAMRole, arn: &RoleArn, base: Option<&BaseRoleArn>) -> Judgement {
-        let ns = role.namespace().unwrap_or_default();
+    /// What the policy needs to judge `role`, read now (observe); [`PolicyView::judge`] then
+    /// decides without touching any shared state.
+    pub fn view(&self, role: &AWSIAMRole) -> PolicyView {
+        let namespace = role.namespace().unwrap_or_default();
         let own = self
             .own
             .as_ref()
-            .is_some_and(|(n, name)| *n == ns && *name == role.name_any());
-        let Ok(guard) = self.guard.read() else {
-            return Judgement::Pending("the controller's identity is not readable");
+            .is_some_and(|(n, name)| *n == namespace && *name == role.name_any());
+        let guard = match self.guard.read() {
+            Ok(guard) => match guard.as_ref() {
+                Some(guard) => guard.clone(),
+                None => return PolicyView::IdentityUnknown,
+            },
+            Err(_) => return PolicyView::IdentityUnknown,
         };
-        let Some(guard) = guard.as_ref() else {
-            return Judgement::Pending("the controller's own identity is not known yet");
-        };
-        let namespace = if self.watches_namespaces() && !own {
+        let annotations = if self.watches_namespaces() && !own {
             let Some((store, _)) = self.namespaces.get() else {
-                return Judgement::Pending("namespaces are not watched yet");
+                return PolicyView::NamespaceUnknown("namespaces are not watched yet");
             };
-            match store.get(&ObjectRef::new(&ns)) {
-                Some(n) => Some(n),
-                None => return Judgement::Pending("the namespace is not in the cache yet"),
+            match store.get(&ObjectRef::new(&namespace)) {
+                Some(n) => Some(n.annotations().clone()),
+                None => {
+                    return PolicyView::NamespaceUnknown("the namespace is not in the cache yet");
+                }
             }
         } else {
             None
         };
-        Judgement::Verdict(policy::evaluate(&PolicyInput {
+        PolicyView::Known {
             mode: self.mode,
-            namespace: &ns,
-            annotations: namespace.as_ref().map(|n| n.annotations()),
-            arn,
-            base,
+            namespace,
+            annotations,
             guard,
             own,
-        }))
+        }
+    }
+
+    /// The judgement for `role`, which resolves to `arn`.
+    pub fn judge(&self, role: &AWSIAMRole, arn: &RoleArn, base: Option<&BaseRoleArn>) -> Judgement {
+        self.view(role).judge(arn, base)
+    }
+}
+
+/// The namespace role policy's inputs for one AWSIAMRole, as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyView {
+    Known {
+        mode: PolicyMode,
+        namespace: String,
+        /// The Namespace's annotations (`None` when the mode or the own role needs none).
+        annotations: Option<BTreeMap<String, String>>,
+        guard: Guard,
+        /// The controller's own AWSIAMRole (`--own-awsiamrole`).
+        own: bool,
+    },
+    /// See [`Judgement::IdentityUnknown`].
+    IdentityUnknown,
+    /// See [`Judgement::NamespaceUnknown`].
+    NamespaceUnknown(&'static str),
+}
+
+impl PolicyView {
+    /// No namespace policy and nothing protected: every role is permitted.
+    pub fn permissive() -> Self {
+        PolicyView::Known {
+            mode: PolicyMode::None,
+            namespace: String::new(),
+            annotations: None,
+            guard: Guard::default(),
+            own: false,
+        }
+    }
+
+    /// The judgement of `arn` (pure).
+    pub fn judge(&self, arn: &RoleArn, base: Option<&BaseRoleArn>) -> Judgement {
+        match self {
+            PolicyView::Known {
+                mode,
+                namespace,
+                annotations,
+                guard,
+                own,
+            } => Judgement::Verdict(policy::evaluate(&PolicyInput {
+                mode: *mode,
+                namespace,
+                annotations: annotations.as_ref(),
+                arn,
+                base,
+                guard,
+                own: *own,
+            })),
+            PolicyView::IdentityUnknown => Judgement::IdentityUnknown,
+            PolicyView::NamespaceUnknown(why) => Judgement::NamespaceUnknown(why),
+        }
     }
 }
 

@@ -14,10 +14,8 @@ use tracing::{info, instrument, warn};
 
 use super::context::{Context, MANAGER, Transition};
 use super::known::Observation;
-use super::plan::{self, Observed, Plan, Requeue, Writes};
+use super::plan::{self, Observed, Plan, Requeue, Resolution, Writes};
 use super::status::Note;
-use crate::aws::arn::RoleArn;
-use crate::aws::options::{self, CHAINED_MAX_SECONDS};
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
 use crate::crd::AWSIAMRole;
 use crate::{Error, Result};
@@ -73,6 +71,9 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     }
     // The policy judges from the Namespace cache: at start, wait until it is filled.
     ctx.policy.namespaces_synced().await;
+    // And for the controller's own identity, briefly: at start it is usually learned in
+    // moments, and a role judged before that would say it waits for it.
+    ctx.policy.identity_known(ctx.settings.backoff_base).await;
     // Observe: the Secret from the watch cache when its data is known, else read live.
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -90,52 +91,38 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     };
     let base = ctx.base_role_arn();
     let key = key(role);
-    let judge = |arn: &RoleArn| ctx.policy.judge(role, arn, base.as_ref());
-    let observed = |now| Observed {
+    let policy = ctx.policy.view(role);
+    let obs = Observed {
         role,
         secret: existing.as_ref(),
         known: known.as_ref(),
-        now,
+        now: Utc::now(),
         settings: &ctx.settings,
         base_role_arn: base.as_ref(),
         failures: ctx.backoff.failures(&key),
         jitter: rand::random::<f64>(),
-        policy: &judge,
+        policy: &policy,
         chained: ctx.learned.is_chained(),
     };
-    let obs = observed(Utc::now());
-    // Decide.
+    // Decide; the STS call, when the plan asks for one, and its answer resolved by the plan
+    // (at most one capped retry: see `plan::Resolution::Chained`).
     let writes = match plan::decide(&obs) {
         Plan::Write(writes) => writes,
-        Plan::Issue(issue) => {
+        Plan::Issue(mut issue) => loop {
             let Some(answer) = assume(ctx, issue.request.clone()).await else {
                 return Ok(Action::await_change());
             };
-            match answer {
-                // STS says the controller's credentials are a role session (seed credentials,
-                // IRSA, ...): from now on every session is capped at one hour, this one at once.
-                Err(e)
-                    if options::is_chaining_limit(&e.code, &e.message)
-                        && issue.length.seconds > CHAINED_MAX_SECONDS =>
-                {
+            match plan::answer(&obs, &issue, answer, Utc::now()) {
+                Resolution::Writes(writes) => break writes,
+                Resolution::Chained(capped) => {
                     ctx.learned.mark_chained();
                     info!(
                         "STS treats the controller's credentials as a role session: sessions are capped at one hour"
                     );
-                    let obs = observed(Utc::now());
-                    match plan::decide(&obs) {
-                        Plan::Write(writes) => writes,
-                        Plan::Issue(capped) => {
-                            let Some(answer) = assume(ctx, capped.request.clone()).await else {
-                                return Ok(Action::await_change());
-                            };
-                            plan::resolve(&obs, &capped, answer, Utc::now())
-                        }
-                    }
+                    issue = capped;
                 }
-                answer => plan::resolve(&obs, &issue, answer, Utc::now()),
             }
-        }
+        },
     };
     // Act.
     act(ctx, role, &secrets, existing.as_ref(), writes).await
@@ -232,8 +219,9 @@ async fn act(
     Ok(action)
 }
 
-/// One `AssumeRole` call, counted in the metrics; `None` when this replica is not the leader
+/// One `AssumeRole` call, counted in the metrics (its span names the role, never a credential); `None` when this replica is not the leader
 /// (any more) and so must not call.
+#[instrument(name = "sts_assume_role", skip_all, fields(role_arn = %request.role_arn, duration_s = request.duration_seconds))]
 async fn assume(
     ctx: &Context,
     request: IssueRequest,

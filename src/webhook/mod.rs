@@ -33,7 +33,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use crate::crd::AWSIAMRole;
 use crate::metrics::Metrics;
@@ -92,7 +92,9 @@ pub fn policy_check(ctx: Arc<crate::controller::Context>) -> PolicyCheck {
             Judgement::Verdict(Verdict::WouldDeny(d)) => {
                 Some(format!("{} (audit mode: issued anyway)", d.message))
             }
-            Judgement::Verdict(Verdict::Permitted) | Judgement::Pending(_) => None,
+            Judgement::Verdict(Verdict::Permitted)
+            | Judgement::IdentityUnknown
+            | Judgement::NamespaceUnknown(_) => None,
         }
     })
 }
@@ -218,6 +220,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+#[instrument(name = "admission", skip_all, fields(bytes = body.len()))]
 async fn admit(State(s): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
     let start = Instant::now();
     let (res, label) = s.decide(&body).await;
