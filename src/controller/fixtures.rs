@@ -65,17 +65,25 @@ pub fn stored_secret(role: &AWSIAMRole, valid_for: Duration) -> Secret {
     s
 }
 
-/// A fake STS that counts its calls and answers with credentials valid for `valid_for`.
+/// A fake STS that counts its calls and answers with credentials valid for `valid_for`, or
+/// with the scripted failures first (in order).
 pub struct FakeSts {
     pub calls: Mutex<Vec<IssueRequest>>,
     pub valid_for: Duration,
+    failures: Mutex<std::collections::VecDeque<IssueError>>,
 }
 
 impl FakeSts {
     pub fn new(valid_for: Duration) -> Arc<Self> {
+        FakeSts::failing(valid_for, Vec::new())
+    }
+
+    /// Answers the first calls with `failures`, then with credentials.
+    pub fn failing(valid_for: Duration, failures: Vec<IssueError>) -> Arc<Self> {
         Arc::new(FakeSts {
             calls: Mutex::new(Vec::new()),
             valid_for,
+            failures: Mutex::new(failures.into()),
         })
     }
 
@@ -92,8 +100,12 @@ impl CredentialIssuer for FakeSts {
         if let Ok(mut c) = self.calls.lock() {
             c.push(req);
         }
-        let creds = credentials(self.valid_for);
-        Box::pin(async move { Ok(creds) })
+        let scripted = self.failures.lock().ok().and_then(|mut f| f.pop_front());
+        let answer = match scripted {
+            Some(e) => Err(e),
+            None => Ok(credentials(self.valid_for)),
+        };
+        Box::pin(async move { answer })
     }
 }
 
@@ -377,6 +389,346 @@ mod tests {
             meta,
         )));
         (roles, secrets)
+    }
+
+    /// The requeue delay of `action` (kube's `Action` has no accessor; its Debug shows it).
+    fn requeue(action: &kube::runtime::controller::Action) -> Option<Duration> {
+        let text = format!("{action:?}");
+        let inner = text.split("Some(").nth(1)?.split(')').next()?;
+        let (number, unit) = inner.split_at(inner.find(|c: char| c.is_alphabetic() || c == 'µ')?);
+        let value: f64 = number.parse().ok()?;
+        let seconds = match unit {
+            "s" => value,
+            "ms" => value / 1e3,
+            "µs" => value / 1e6,
+            "ns" => value / 1e9,
+            _ => return None,
+        };
+        Some(Duration::from_secs_f64(seconds))
+    }
+
+    fn sts_error(kind: crate::aws::FailureKind, code: &str, message: &str) -> IssueError {
+        IssueError {
+            kind,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The status PATCH of `name`, answered with the request's own status on the role.
+    async fn status_patch(api: &mut ApiServerVerifier, r: &AWSIAMRole) -> Value {
+        let patch = api
+            .expect(
+                Method::PATCH,
+                &format!("{}/status", role_path(&r.name_any())),
+            )
+            .await;
+        let body = patch.body.clone();
+        let mut stored = r.clone();
+        stored.status = serde_json::from_value(body["status"].clone()).ok();
+        patch.ok(&stored);
+        body
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_refresh_window_are_renewed_by_a_merge_patch_on_the_read_version() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        // Ten minutes left: inside the 15-minute refresh window.
+        let s = stored_secret(&r, Duration::from_secs(600));
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            let patch = api.expect(Method::PATCH, &secret_path("app")).await;
+            assert_eq!(
+                patch.body["metadata"]["resourceVersion"], "200",
+                "on the read version"
+            );
+            assert!(patch.body["data"]["credentials.json"].is_string());
+            let mut renewed = s.clone();
+            renewed.metadata.resource_version = Some("201".into());
+            patch.ok(&renewed);
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(status["status"]["conditions"][0]["status"], "True");
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "UpdateCredentials");
+            event.echo();
+            api.silent().await;
+        });
+        let action = within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 1);
+        assert!(
+            requeue(&action) > Some(Duration::from_secs(600)),
+            "{action:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transient_sts_failure_keeps_the_credentials_and_backs_off() {
+        let sts = FakeSts::failing(
+            Duration::from_secs(3600),
+            vec![sts_error(
+                crate::aws::FailureKind::Transient,
+                "Throttling",
+                "Rate exceeded",
+            )],
+        );
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        let s = stored_secret(&r, Duration::from_secs(600));
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            // No Secret write: the previous credentials stay.
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(status["status"]["conditions"][0]["reason"], "Throttled");
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "GetCredentialsFailed");
+            assert!(
+                event.body["note"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("keeps the previous credentials"),
+                "{}",
+                event.body
+            );
+            event.echo();
+            api.silent().await;
+        });
+        let action = within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 1);
+        assert_eq!(
+            ctx.backoff.failures("testns/app"),
+            1,
+            "counted for the backoff"
+        );
+        assert!(
+            requeue(&action) <= Some(ctx.settings.backoff_base * 2),
+            "{action:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_permanent_sts_failure_is_retried_only_after_the_slow_requeue() {
+        let sts = FakeSts::failing(
+            Duration::from_secs(3600),
+            vec![sts_error(
+                crate::aws::FailureKind::Permanent,
+                "AccessDenied",
+                "not authorized",
+            )],
+        );
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .not_found();
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(status["status"]["conditions"][0]["reason"], "AccessDenied");
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "GetCredentialsFailed");
+            event.echo();
+            api.silent().await;
+        });
+        let action = within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 1);
+        assert!(
+            requeue(&action) >= Some(ctx.settings.max_backoff.mul_f64(0.8)),
+            "{action:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_the_policy_withdraws_loses_its_credentials_without_an_sts_call() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        // Under enforce, a namespace without a policy annotation gets no role.
+        let policy = crate::controller::policy::PolicyContext::new(
+            crate::policy::PolicyMode::Enforce,
+            None,
+            Some(crate::policy::Guard::default()),
+        );
+        let (store, mut writer) = reflector::store();
+        let mut ns = PartialObjectMeta::<k8s_openapi::api::core::v1::Namespace>::default();
+        ns.metadata.name = Some(NS.into());
+        writer.apply_watcher_event(&watcher::Event::Apply(ns));
+        let (_synced_tx, synced) = watch::channel(true);
+        policy.attach(store, synced);
+        let ctx = Arc::new(Context::new(
+            ctx.client.clone(),
+            sts.clone(),
+            Settings::default(),
+            Wiring {
+                metrics: Arc::new(Metrics::new()),
+                leader: ctx.leader.clone(),
+                policy,
+                learned: ctx.learned.clone(),
+                instance: "fixture".into(),
+            },
+        ));
+        let r = role("app", "app", 1);
+        let s = stored_secret(&r, Duration::from_secs(3000));
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            let patch = api.expect(Method::PATCH, &secret_path("app")).await;
+            assert_eq!(patch.body["metadata"]["resourceVersion"], "200");
+            assert!(
+                patch.body["data"]["credentials.json"].is_null(),
+                "withdrawn: {}",
+                patch.body
+            );
+            patch.ok(&s);
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(
+                status["status"]["conditions"][0]["reason"],
+                "RoleNotPermitted"
+            );
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "RoleNotPermitted");
+            event.echo();
+            api.silent().await;
+        });
+        within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 0, "no STS call for a refused role");
+    }
+
+    #[tokio::test]
+    async fn sts_refusing_a_chained_session_length_is_asked_once_more_capped() {
+        let sts = FakeSts::failing(
+            Duration::from_secs(3600),
+            vec![sts_error(
+                crate::aws::FailureKind::Permanent,
+                "ValidationError",
+                "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.",
+            )],
+        );
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let mut r = role("app", "app", 1);
+        r.spec.role_session_duration = 7200;
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .not_found();
+            api.expect(Method::POST, SECRETS).await.echo();
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(status["status"]["conditions"][0]["status"], "True");
+            api.expect(Method::POST, EVENTS).await.echo();
+            api.silent().await;
+        });
+        within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        let asked: Vec<i64> = sts
+            .calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .map(|c| c.duration_seconds)
+            .collect();
+        assert_eq!(asked, vec![7200, 3600], "once more, capped");
+        assert!(
+            ctx.learned.is_chained(),
+            "remembered for every later session"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_changed_by_someone_else_right_after_the_write_is_looked_at_again_soon() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        let watcher_ctx = ctx.clone();
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .not_found();
+            let create = api.expect(Method::POST, SECRETS).await;
+            // The watch delivers someone else's change before the create's response.
+            let mut theirs = PartialObjectMeta::<Secret>::default();
+            theirs.metadata.name = Some("app".into());
+            theirs.metadata.namespace = Some(NS.into());
+            theirs.metadata.resource_version = Some("202".into());
+            assert!(
+                !watcher_ctx.secrets.triggers(&theirs),
+                "held back during the write"
+            );
+            let mut written = create.body.clone();
+            written["metadata"]["resourceVersion"] = json!("201");
+            create.ok(&written);
+            status_patch(&mut api, &stored).await;
+            api.expect(Method::POST, EVENTS).await.echo();
+            api.silent().await;
+        });
+        let action = within(reconcile::reconcile_role(&role("app", "app", 1), &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(
+            action,
+            kube::runtime::controller::Action::requeue(ctx.settings.backoff_base),
+            "looked at again after --backoff-base, not at the refresh point"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_known_at_its_cached_version_is_decided_without_any_request() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, api, _leader) = context(sts.clone());
+        let mut r = role("app", "app", 1);
+        let s = stored_secret(&r, Duration::from_secs(3000));
+        // The watch cache shows the Secret at the version this process last read in full.
+        let (_roles, secrets) = stores(&s);
+        let (_synced_tx, synced) = watch::channel(true);
+        ctx.secrets.attach(secrets, synced);
+        ctx.secrets.record(NS, "app", Some(&s));
+        let expiration = secret::read(&s).expect("readable").expiration;
+        let outcome = crate::controller::status::Outcome::Ready {
+            role_arn: format!("{BASE}app"),
+            expiration,
+            generation: 1,
+            message: crate::controller::status::ready_message(
+                &format!("{BASE}app"),
+                expiration,
+                crate::aws::options::SessionLength::new(3600, false),
+            ),
+            would_deny: None,
+        };
+        r.status = Some(crate::controller::status::next(None, &outcome, Utc::now()));
+        let action = within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        within(api.silent()).await;
+        assert_eq!(sts.count(), 0);
+        assert!(
+            requeue(&action) > Some(Duration::from_secs(600)),
+            "{action:?}"
+        );
+        assert!(
+            ctx.metrics
+                .render()
+                .contains(r#"kaic_secret_observations_total{source="cache"} 1"#),
+            "{}",
+            ctx.metrics.render()
+        );
     }
 
     #[tokio::test]
