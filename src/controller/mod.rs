@@ -9,6 +9,7 @@ pub mod janitor;
 pub mod known;
 pub mod leader;
 pub mod learned;
+pub mod lease;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

@@ -1,6 +1,8 @@
 //! What one reconcile of one AWSIAMRole does, and when it looks again. Pure: the observed facts
-//! in ([`Observed`]), the whole plan out ([`Plan`]): the STS request or none, the Secret to
-//! write, the status, the Event and the requeue.
+//! in ([`Observed`], the namespace policy's inputs included), the whole plan out ([`Plan`]): the
+//! STS request or none, and then ([`answer`]) the Secret to create or merge-patch, the status
+//! outcome, the Events and the requeue. The status patch itself is computed against the object
+//! it is written to (`status::next`, in `Context::write_status`), since a conflict re-reads it.
 
 use std::time::Duration;
 
@@ -20,6 +22,13 @@ use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, Reque
 use crate::crd::AWSIAMRole;
 use crate::metrics::PolicyState;
 use crate::policy::{Denial, Verdict};
+
+mod answer;
+mod timing;
+
+pub use answer::{Resolution, answer, resolve};
+use timing::backoff;
+pub use timing::{REQUEUE_SPREAD_MAX, refresh_at, requeue_after, slow_requeue};
 
 /// The Ready condition's reason while the controller cannot judge the namespace role policy
 /// because it does not know its own identity.
@@ -135,60 +144,6 @@ pub struct Issue {
     stored: Option<Stored>,
     /// `--namespace-policy=audit`: what `enforce` would deny.
     would_deny: Option<Denial>,
-}
-
-/// How long before expiry credentials are renewed: `refresh_limit`, but never more than half
-/// of the credentials' real lifetime (from issue to expiry), so credentials that live shorter
-/// than asked (a role's lower maximum, an STS-compatible server, clock skew) are renewed at
-/// half-life instead of on every reconcile. The one place the refresh point is computed.
-pub fn refresh_at(
-    issued_at: DateTime<Utc>,
-    expiration: DateTime<Utc>,
-    refresh_limit: Duration,
-) -> DateTime<Utc> {
-    let lifetime = (expiration - issued_at).max(chrono::Duration::zero());
-    let limit = chrono::Duration::from_std(refresh_limit).unwrap_or(chrono::Duration::MAX);
-    expiration - limit.min(lifetime / 2)
-}
-
-/// Longest delay [`requeue_after`] adds after the refresh point.
-pub const REQUEUE_SPREAD_MAX: Duration = Duration::from_secs(30);
-
-/// When to reconcile again for credentials that refresh at `refresh_at`: at that moment, or
-/// up to `jitter` (0.0 to 1.0) of a hundredth of the time left after it (at most
-/// [`REQUEUE_SPREAD_MAX`]), so a fleet issued in the same second does not renew in the same
-/// second, and the one look that follows renews: never sooner than the refresh point, and never
-/// sooner than `floor` (the backoff base).
-pub fn requeue_after(
-    refresh_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-    jitter: f64,
-    floor: Duration,
-) -> Duration {
-    let left = (refresh_at - now).to_std().unwrap_or_default();
-    let spread = left
-        .mul_f64(0.01 * jitter.clamp(0.0, 1.0))
-        .min(REQUEUE_SPREAD_MAX);
-    (left + spread).max(floor)
-}
-
-/// The requeue after a failure retrying will not fix (access denied, a name conflict): the
-/// longest backoff, spread by `jitter` over its upper fifth.
-pub fn slow_requeue(settings: &Settings, jitter: f64) -> Duration {
-    settings
-        .max_backoff
-        .mul_f64(0.8 + 0.2 * jitter.clamp(0.0, 1.0))
-        .max(settings.backoff_base)
-}
-
-fn backoff(obs: &Observed<'_>) -> Duration {
-    backoff::delay(
-        obs.failures.saturating_add(1),
-        obs.settings.backoff_base,
-        obs.settings.max_backoff,
-        obs.jitter,
-    )
-    .max(obs.settings.backoff_base)
 }
 
 /// A hash of everything an `AssumeRole` request asks for, except the session length STS may
@@ -492,207 +447,6 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
         issued: None,
         policy: Some(policy_state(would_deny.as_ref())),
     })
-}
-
-/// What STS's answer to an [`Issue`] leads to.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Resolution {
-    /// Carry these out.
-    Writes(Writes),
-    /// STS refused the session length because the controller's credentials are a role session
-    /// (role chaining caps sessions at one hour): remember that, and ask again at once with
-    /// this capped request. At most once per reconcile: the capped request is within the cap.
-    Chained(Issue),
-}
-
-/// Turns STS's answer to `issue` into what to do next: the writes, or the one capped retry
-/// when STS says the controller's credentials are a role session.
-pub fn answer(
-    obs: &Observed<'_>,
-    issue: &Issue,
-    answer: Result<IssuedCredentials, IssueError>,
-    now: DateTime<Utc>,
-) -> Resolution {
-    match &answer {
-        Err(e)
-            if options::is_chaining_limit(&e.code, &e.message)
-                && issue.length.seconds > options::CHAINED_MAX_SECONDS =>
-        {
-            let length = SessionLength::new(issue.length.requested, true);
-            Resolution::Chained(Issue {
-                request: IssueRequest {
-                    duration_seconds: length.seconds,
-                    ..issue.request.clone()
-                },
-                length,
-                ..issue.clone()
-            })
-        }
-        _ => Resolution::Writes(resolve(obs, issue, answer, now)),
-    }
-}
-
-/// Turns STS's answer to `issue` into the writes; `now` is when the answer arrived.
-pub fn resolve(
-    obs: &Observed<'_>,
-    issue: &Issue,
-    answer: Result<IssuedCredentials, IssueError>,
-    now: DateTime<Utc>,
-) -> Writes {
-    let role = obs.role;
-    let generation = generation(role);
-    let arn = &issue.role_arn;
-    let creds = match answer {
-        Ok(creds) => creds,
-        Err(e) => return failed(obs, issue, &e, now),
-    };
-    if creds.expiration <= now {
-        let message = format!(
-            "AssumeRole {arn} returned credentials that expire at {}, which is not in the future (is the controller's clock ahead?)",
-            secret::go_rfc3339(&creds.expiration)
-        );
-        return Writes {
-            status: Some(Outcome::NotReady {
-                reason: "ExpiredOnArrival",
-                message: message.clone(),
-                generation,
-            }),
-            events: vec![Note::warning("ExpiredOnArrival", message)],
-            ..Writes::nothing(Requeue::Backoff(backoff(obs)))
-        };
-    }
-    let issuance = Issuance {
-        owner_uid: role.meta().uid.clone().unwrap_or_default(),
-        request_hash: issue.request_hash.clone(),
-        issued_at: now,
-    };
-    let desired = secret::desired(
-        obs.secret,
-        role,
-        arn,
-        Content::Credentials {
-            creds: &creds,
-            issuance: Some(&issuance),
-        },
-    );
-    let expiry = secret::go_rfc3339(&creds.expiration);
-    let refresh = refresh_at(now, creds.expiration, obs.settings.refresh_limit);
-    let floor = obs.settings.backoff_base;
-    let (event, requeue) = if refresh - now < chrono::Duration::from_std(floor).unwrap_or_default()
-    {
-        // Arrived already inside the refresh window: renewing at once would loop.
-        let lifetime = (creds.expiration - now).num_seconds();
-        (
-            Note::warning(
-                "ShortLivedCredentials",
-                format!(
-                    "AssumeRole {arn} returned credentials valid for {lifetime}s only (until {expiry}); retrying with backoff"
-                ),
-            ),
-            Requeue::Backoff(backoff(obs)),
-        )
-    } else {
-        let (reason, verb) = if obs.secret.is_none() {
-            ("CreateCredentials", "Created")
-        } else {
-            ("UpdateCredentials", "Updated")
-        };
-        (
-            Note {
-                severity: Severity::Normal,
-                reason,
-                message: format!("{verb} credentials for role '{arn}', expiry time: {expiry}"),
-                announce: Announce::Always,
-            },
-            Requeue::After(requeue_after(refresh, now, obs.jitter, floor)),
-        )
-    };
-    let would_deny = issue.would_deny.as_ref();
-    Writes {
-        secret: Some(desired),
-        status: Some(ready(
-            arn,
-            creds.expiration,
-            generation,
-            issue.length,
-            would_deny,
-        )),
-        events: would_deny_note(obs, would_deny)
-            .into_iter()
-            .chain([event])
-            .collect(),
-        requeue,
-        issued: Some(issue.reason),
-        policy: Some(policy_state(would_deny)),
-    }
-}
-
-fn failed(obs: &Observed<'_>, issue: &Issue, e: &IssueError, now: DateTime<Utc>) -> Writes {
-    let arn = &issue.role_arn;
-    // The Secret never holds credentials of a role other than the one the spec names.
-    let withdraw = issue.stored.as_ref().is_some_and(|s| &s.role_arn != arn);
-    let kept = issue
-        .stored
-        .as_ref()
-        .filter(|s| !withdraw && s.expiration > now)
-        .map(|s| {
-            format!(
-                "; the Secret keeps the previous credentials, valid until {}",
-                secret::go_rfc3339(&s.expiration)
-            )
-        })
-        .unwrap_or_default();
-    let withdrawn = if withdraw {
-        format!(
-            "; the credentials of {} were removed from the Secret",
-            issue
-                .stored
-                .as_ref()
-                .map(|s| s.role_arn.as_str())
-                .unwrap_or_default()
-        )
-    } else {
-        String::new()
-    };
-    let message = format!("AssumeRole {arn} failed: {e}{kept}{withdrawn}");
-    let requeue = match e.kind {
-        FailureKind::Permanent => Requeue::After(slow_requeue(obs.settings, obs.jitter)),
-        FailureKind::Transient => Requeue::Backoff(backoff(obs)),
-    };
-    let refused = Issuance {
-        owner_uid: obs.role.meta().uid.clone().unwrap_or_default(),
-        request_hash: issue.request_hash.clone(),
-        issued_at: now,
-    };
-    Writes {
-        secret: withdraw.then(|| {
-            secret::desired(
-                obs.secret,
-                obs.role,
-                arn,
-                Content::Withdrawn {
-                    issuance: Some(&refused),
-                },
-            )
-        }),
-        status: Some(if withdraw {
-            Outcome::Withdrawn {
-                reason: e.reason(),
-                message: message.clone(),
-                generation: generation(obs.role),
-            }
-        } else {
-            Outcome::NotReady {
-                reason: e.reason(),
-                message: message.clone(),
-                generation: generation(obs.role),
-            }
-        }),
-        events: vec![Note::warning("GetCredentialsFailed", message)],
-        requeue,
-        issued: None,
-        policy: Some(policy_state(issue.would_deny.as_ref())),
-    }
 }
 
 #[cfg(test)]
