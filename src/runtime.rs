@@ -350,55 +350,69 @@ pub fn instance_name() -> String {
 /// Runs the controller as the flags say until SIGTERM (or Ctrl-C), then winds down: in-flight
 /// reconciles finish (within `--shutdown-timeout`) and the Lease is released.
 pub async fn run(args: crate::cli::Args) -> Result<()> {
+    // The signal handler first: a SIGTERM during start-up (discovery may wait for STS) ends
+    // the process cleanly instead of killing it.
+    let shutdown = Shutdown::default();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            signal().await;
+            info!("shutdown requested: finishing in-flight reconciles");
+            shutdown.request();
+        });
+    }
     let instance = instance_name();
     let process =
         Process::start(args.process_settings(&instance), Arc::new(Metrics::new())).await?;
-    let client = crate::kubeclient::client(
-        args.kube.kubeconfig.as_deref(),
-        args.kube.apiserver.as_deref(),
-    )
-    .await?;
-    let sts = ControllerSts::connect(&args).await?;
-    let (own_ns, own_name) = args.policy.own_awsiamrole.clone();
-    info!(
-        namespace_policy = args.policy.namespace_policy.as_str(),
-        namespace = args.kube.namespace.as_deref().unwrap_or("<all>"),
-        refresh_limit = ?args.controller.refresh_limit,
-        admin = %args.runtime.admin_addr,
-        "starting"
-    );
-    let shutdown = Shutdown::default();
-    let running = process
-        .launch(
-            Parts {
-                client,
-                issuer: sts.issuer,
-                settings: args.settings(),
-                run: args.run_options(),
-                policy: PolicyContext::new(
-                    args.policy.namespace_policy,
-                    Some((own_ns, own_name)),
-                    None,
-                ),
-                learned: sts.learned,
-                instance,
-                webhook: args
-                    .webhook
-                    .webhook
-                    .then(|| args.webhook.settings(args.kube.namespace.clone())),
-            },
-            shutdown.clone(),
+    let start = async {
+        let client = crate::kubeclient::client(
+            args.kube.kubeconfig.as_deref(),
+            args.kube.apiserver.as_deref(),
         )
         .await?;
-    {
+        let sts = ControllerSts::connect(&args).await?;
+        info!(
+            namespace_policy = args.policy.namespace_policy.as_str(),
+            namespace = args.kube.namespace.as_deref().unwrap_or("<all>"),
+            refresh_limit = ?args.controller.refresh_limit,
+            admin = %args.runtime.admin_addr,
+            "starting"
+        );
+        let running = process
+            .launch(
+                Parts {
+                    client,
+                    issuer: sts.issuer,
+                    settings: args.settings(),
+                    run: args.run_options(),
+                    policy: PolicyContext::new(
+                        args.policy.namespace_policy,
+                        Some(args.policy.own_awsiamrole.clone()),
+                        None,
+                    ),
+                    learned: sts.learned,
+                    instance,
+                    webhook: args
+                        .webhook
+                        .webhook
+                        .then(|| args.webhook.settings(args.kube.namespace.clone())),
+                },
+                shutdown.clone(),
+            )
+            .await?;
         let (ctx, own, guard) = (running.ctx.clone(), sts.own, sts.guard);
         tokio::spawn(async move {
             crate::controller::policy::learn_identity(&ctx.policy, &own, guard).await
         });
-    }
-    signal().await;
-    info!("shutdown requested: finishing in-flight reconciles");
-    shutdown.request();
+        Ok::<_, Error>(running)
+    };
+    let running = tokio::select! {
+        running = start => running?,
+        () = shutdown.requested() => {
+            info!("stopped before the controller started");
+            return Ok(());
+        }
+    };
     let _ = running.into_task().await;
     info!("stopped");
     Ok(())
