@@ -66,146 +66,33 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let client = ctx.client.clone();
-    let (roles_api, secrets_api): (Api<AWSIAMRole>, Api<PartialObjectMeta<Secret>>) =
-        match &opts.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
-
     // NOTE: `Store::wait_until_ready` wakes only one of several waiters (the Controller is
     // one already), so cache sync is observed on the watch streams themselves.
     let (roles_synced_tx, roles_synced) = watch::channel(false);
     let (secrets_synced_tx, secrets_synced) = watch::channel(false);
+    let (namespaces_synced_tx, namespaces_synced) =
+        watch::channel(!ctx.policy.watches_namespaces());
     let (synced_tx, synced) = watch::channel(false);
 
     let (role_store, role_writer) = reflector::store();
-    let metrics = ctx.metrics.clone();
-    let roles = watcher(roles_api, watcher::Config::default())
-        .inspect(move |ev| observe(ev, "awsiamroles", &roles_synced_tx, &metrics))
-        .filter(relist_at_once)
-        .default_backoff()
-        .modify(cache::trim_role)
-        // Writes the cache, and passes on a role only when `cache::role_changed` says so,
-        // judged against the cached copy before the event replaces it: status writes (ours) do
-        // not trigger a reconcile.
-        .try_filter_map({
-            let (store, mut writer, ctx) = (role_store.clone(), role_writer, ctx.clone());
-            move |event| {
-                let changed = match &event {
-                    watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
-                        let key = cache::role_ref(r.metadata.namespace.as_deref(), &r.name_any());
-                        cache::role_changed(store.get(&key).as_deref(), r)
-                    }
-                    _ => false,
-                };
-                writer.apply_watcher_event(&event);
-                if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = &event {
-                    ctx.status_seen(r);
-                }
-                std::future::ready(Ok(match event {
-                    watcher::Event::Apply(mut r) | watcher::Event::InitApply(mut r) if changed => {
-                        // The controller keeps this copy's reference until the role's next
-                        // reconcile: without the resourceVersion and UID (`cache::role_ref`);
-                        // the reconcile reads the role from the cache.
-                        r.metadata.resource_version = None;
-                        r.metadata.uid = None;
-                        Some(r)
-                    }
-                    _ => None,
-                }))
-            }
-        });
+    let roles = role_events(
+        &ctx,
+        &opts,
+        role_store.clone(),
+        role_writer,
+        roles_synced_tx,
+    );
     let (secret_store, secret_writer) = reflector::store();
     ctx.secrets
         .attach(secret_store.clone(), secrets_synced.clone());
-    // Metadata only: the controller keeps no credentials in memory for the watch.
-    let secrets = watcher(
-        secrets_api,
-        watcher::Config::default().labels(secret::SELECTOR),
-    )
-    .inspect({
-        let metrics = ctx.metrics.clone();
-        move |ev| observe(ev, "secrets", &secrets_synced_tx, &metrics)
-    })
-    .filter(relist_at_once)
-    .default_backoff()
-    .modify(cache::trim)
-    // The cache keeps each Secret packed (`cache::CachedSecret`); the event itself goes on to
-    // the controller, which maps it to its AWSIAMRole by the owner reference.
-    .inspect_ok({
-        let mut writer = secret_writer;
-        move |event| writer.apply_watcher_event(&cache::packed(event))
-    })
-    // A Secret at the version this process wrote (or last read) tells it nothing new: its own
-    // writes trigger no second reconcile (see `known::SecretKnowledge::triggers`). Deletions
-    // always do.
-    // The initial list triggers nothing either: every AWSIAMRole is reconciled by its own
-    // initial list (a relist after an outage does trigger, for what changed meanwhile).
-    .try_filter_map({
-        let (ctx, listed) = (ctx.clone(), secrets_synced.clone());
-        move |event| {
-            std::future::ready(Ok(match event {
-                watcher::Event::Delete(secret) => Some(secret),
-                watcher::Event::InitApply(_) if !*listed.borrow() => None,
-                watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
-                    ctx.secrets.triggers(&secret).then_some(secret)
-                }
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            }))
-        }
-    });
-
-    // The namespace role policy reads the Namespaces' annotations: watched (metadata only), and
-    // a changed annotation reconciles every AWSIAMRole of that namespace.
-    let (namespaces_synced_tx, namespaces_synced) =
-        watch::channel(!ctx.policy.watches_namespaces());
-    let namespaces = ctx.policy.watches_namespaces().then(|| {
-        let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
-        // Namespaced mode may read only its own Namespace (RBAC resourceNames).
-        let config = match &opts.namespace {
-            Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-            None => watcher::Config::default(),
-        };
-        let (store, mut writer) = reflector::store();
-        ctx.policy.attach(store.clone(), namespaces_synced.clone());
-        let metrics = ctx.metrics.clone();
-        // `observe` only logs relists here: the sync is announced once the cache holds the
-        // list, since reconciles waiting for it read the cache at once.
-        let (listed_tx, _) = watch::channel(false);
-        watcher(api, config)
-            .inspect(move |ev| observe(ev, "namespaces", &listed_tx, &metrics))
-            .filter(relist_at_once)
-            .default_backoff()
-            .modify(cache::trim)
-            // Writes the cache, and passes on a Namespace only when `policy::namespace_triggers`
-            // says so, judged against the cached copy before the event replaces it.
-            .try_filter_map(move |event| {
-                let triggers = match &event {
-                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
-                        policy::namespace_triggers(
-                            store.get(&ObjectRef::from_obj(ns)).as_deref(),
-                            ns,
-                            *namespaces_synced_tx.borrow(),
-                        )
-                    }
-                    _ => false,
-                };
-                writer.apply_watcher_event(&event);
-                if matches!(event, watcher::Event::InitDone) {
-                    namespaces_synced_tx.send_replace(true);
-                }
-                std::future::ready(Ok(match event {
-                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) if triggers => {
-                        Some(ns)
-                    }
-                    _ => None,
-                }))
-            })
-    });
+    let secrets = secret_events(
+        &ctx,
+        &opts,
+        secret_writer,
+        secrets_synced_tx,
+        secrets_synced.clone(),
+    );
+    let namespaces = namespace_events(&ctx, &opts, namespaces_synced_tx, namespaces_synced.clone());
 
     let never_synced = {
         let (mut stop, synced) = (stop.clone(), synced.clone());
@@ -236,34 +123,6 @@ pub async fn run(
         synced,
         opts.janitor_interval,
     );
-    // Becoming leader reconciles everything once (no STS call for credentials still valid), and
-    // so do learning the base role ARN (bare role names become resolvable) and learning the
-    // controller's own identity (roles waiting for it back off meanwhile).
-    let takeover =
-        futures::stream::unfold((ctx.leader.changes(), false), |(mut rx, led)| async move {
-            if led {
-                rx.wait_for(|claim| claim.is_none()).await.ok()?;
-            }
-            rx.wait_for(|claim| claim.is_some()).await.ok()?;
-            info!("leader: reconciling all AWSIAMRoles");
-            Some(((), (rx, true)))
-        });
-    let discovered = futures::stream::unfold(ctx.learned.base_changes(), |mut rx| async move {
-        rx.changed().await.ok()?;
-        rx.borrow_and_update().as_ref()?;
-        info!("base role ARN known: reconciling all AWSIAMRoles");
-        Some(((), rx))
-    });
-    let identified = futures::stream::unfold(ctx.policy.identity_changes(), |mut rx| async move {
-        if *rx.borrow_and_update() {
-            return None;
-        }
-        rx.wait_for(|known| *known).await.ok()?;
-        info!("the controller's identity is known: reconciling all AWSIAMRoles");
-        Some(((), rx))
-    });
-    let reconcile_all =
-        futures::stream::select(futures::stream::select(takeover, discovered), identified);
     ctx.metrics
         .set_leader(ctx.leader.changes().borrow().is_some());
     let leader_metric = {
@@ -291,7 +150,7 @@ pub async fn run(
         });
     }
     let controller = controller
-        .reconcile_on(reconcile_all.flat_map(every_role))
+        .reconcile_on(reconcile_all(&ctx).flat_map(every_role))
         .with_config(Config::default().concurrency(opts.concurrency))
         .graceful_shutdown_on(graceful)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -314,6 +173,180 @@ pub async fn run(
     readiness.abort();
     leader_metric.abort();
     stop_signal.abort();
+}
+
+/// The AWSIAMRoles' watch: fills the cache (trimmed, `cache::trim_role`) and passes on a role
+/// only when `cache::role_changed` says so, judged against the cached copy before the event
+/// replaces it: status writes (ours) do not trigger a reconcile.
+fn role_events(
+    ctx: &Arc<Context>,
+    opts: &RunOptions,
+    store: reflector::Store<AWSIAMRole>,
+    mut writer: reflector::store::Writer<AWSIAMRole>,
+    synced: watch::Sender<bool>,
+) -> impl futures::Stream<Item = Result<AWSIAMRole, watcher::Error>> + Send + 'static {
+    let api: Api<AWSIAMRole> = match &opts.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let metrics = ctx.metrics.clone();
+    let ctx = ctx.clone();
+    watcher(api, watcher::Config::default())
+        .inspect(move |ev| observe(ev, "awsiamroles", &synced, &metrics))
+        .filter(relist_at_once)
+        .default_backoff()
+        .modify(cache::trim_role)
+        .try_filter_map(move |event| {
+            let changed = match &event {
+                watcher::Event::Apply(r) | watcher::Event::InitApply(r) => {
+                    let key = cache::role_ref(r.metadata.namespace.as_deref(), &r.name_any());
+                    cache::role_changed(store.get(&key).as_deref(), r)
+                }
+                _ => false,
+            };
+            writer.apply_watcher_event(&event);
+            if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = &event {
+                ctx.status_seen(r);
+            }
+            std::future::ready(Ok(match event {
+                watcher::Event::Apply(mut r) | watcher::Event::InitApply(mut r) if changed => {
+                    // The controller keeps this copy's reference until the role's next
+                    // reconcile: without the resourceVersion and UID (`cache::role_ref`);
+                    // the reconcile reads the role from the cache.
+                    r.metadata.resource_version = None;
+                    r.metadata.uid = None;
+                    Some(r)
+                }
+                _ => None,
+            }))
+        })
+}
+
+/// The Secrets' watch, metadata only (the controller keeps no credentials in memory for it):
+/// the cache keeps each Secret packed (`cache::CachedSecret`); the event goes on to the
+/// controller, which maps it to its AWSIAMRole by the owner reference. A Secret at the version
+/// this process wrote (or last read) tells it nothing new: its own writes trigger no second
+/// reconcile (`known::SecretKnowledge::triggers`); deletions always do. The initial list
+/// triggers nothing either: every AWSIAMRole is reconciled by its own initial list (a relist
+/// after an outage does trigger, for what changed meanwhile).
+fn secret_events(
+    ctx: &Arc<Context>,
+    opts: &RunOptions,
+    mut writer: reflector::store::Writer<cache::CachedSecret>,
+    synced_tx: watch::Sender<bool>,
+    listed: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static
+{
+    let api: Api<PartialObjectMeta<Secret>> = match &opts.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let metrics = ctx.metrics.clone();
+    let ctx = ctx.clone();
+    watcher(api, watcher::Config::default().labels(secret::SELECTOR))
+        .inspect(move |ev| observe(ev, "secrets", &synced_tx, &metrics))
+        .filter(relist_at_once)
+        .default_backoff()
+        .modify(cache::trim)
+        .inspect_ok(move |event| writer.apply_watcher_event(&cache::packed(event)))
+        .try_filter_map(move |event| {
+            std::future::ready(Ok(match event {
+                watcher::Event::Delete(secret) => Some(secret),
+                watcher::Event::InitApply(_) if !*listed.borrow() => None,
+                watcher::Event::Apply(secret) | watcher::Event::InitApply(secret) => {
+                    ctx.secrets.triggers(&secret).then_some(secret)
+                }
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            }))
+        })
+}
+
+/// The Namespaces' watch (metadata only), when the namespace role policy reads their
+/// annotations: a Namespace is passed on when `policy::namespace_triggers` says so (a changed
+/// annotation, or new after the start), judged against the cached copy before the event
+/// replaces it. `synced` turns true once the cache holds the first list.
+fn namespace_events(
+    ctx: &Arc<Context>,
+    opts: &RunOptions,
+    synced: watch::Sender<bool>,
+    listed: watch::Receiver<bool>,
+) -> Option<
+    impl futures::Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
+> {
+    if !ctx.policy.watches_namespaces() {
+        return None;
+    }
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(ctx.client.clone());
+    // Namespaced mode may read only its own Namespace (RBAC resourceNames).
+    let config = match &opts.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let (store, mut writer) = reflector::store();
+    ctx.policy.attach(store.clone(), listed);
+    let metrics = ctx.metrics.clone();
+    // `observe` only logs relists here: the sync is announced once the cache holds the list,
+    // since reconciles waiting for it read the cache at once.
+    let (relisted, _) = watch::channel(false);
+    Some(
+        watcher(api, config)
+            .inspect(move |ev| observe(ev, "namespaces", &relisted, &metrics))
+            .filter(relist_at_once)
+            .default_backoff()
+            .modify(cache::trim)
+            .try_filter_map(move |event| {
+                let triggers = match &event {
+                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) => {
+                        policy::namespace_triggers(
+                            store.get(&ObjectRef::from_obj(ns)).as_deref(),
+                            ns,
+                            *synced.borrow(),
+                        )
+                    }
+                    _ => false,
+                };
+                writer.apply_watcher_event(&event);
+                if matches!(event, watcher::Event::InitDone) {
+                    synced.send_replace(true);
+                }
+                std::future::ready(Ok(match event {
+                    watcher::Event::Apply(ns) | watcher::Event::InitApply(ns) if triggers => {
+                        Some(ns)
+                    }
+                    _ => None,
+                }))
+            }),
+    )
+}
+
+/// When every AWSIAMRole is reconciled once: on becoming leader (no STS call for credentials
+/// still valid), on learning the base role ARN (bare role names become resolvable), and on
+/// learning the controller's own identity (roles waiting for it back off meanwhile).
+fn reconcile_all(ctx: &Context) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let takeover =
+        futures::stream::unfold((ctx.leader.changes(), false), |(mut rx, led)| async move {
+            if led {
+                rx.wait_for(|claim| claim.is_none()).await.ok()?;
+            }
+            rx.wait_for(|claim| claim.is_some()).await.ok()?;
+            info!("leader: reconciling all AWSIAMRoles");
+            Some(((), (rx, true)))
+        });
+    let discovered = futures::stream::unfold(ctx.learned.base_changes(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        rx.borrow_and_update().as_ref()?;
+        info!("base role ARN known: reconciling all AWSIAMRoles");
+        Some(((), rx))
+    });
+    let identified = futures::stream::unfold(ctx.policy.identity_changes(), |mut rx| async move {
+        if *rx.borrow_and_update() {
+            return None;
+        }
+        rx.wait_for(|known| *known).await.ok()?;
+        info!("the controller's identity is known: reconciling all AWSIAMRoles");
+        Some(((), rx))
+    });
+    futures::stream::select(futures::stream::select(takeover, discovered), identified)
 }
 
 /// The cached AWSIAMRoles `which` selects, as [`cache::role_ref`]s.
