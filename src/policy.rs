@@ -281,26 +281,44 @@ fn compile_allowed(value: &str) -> Result<Vec<Regex>, String> {
     if value.len() > MAX_ANNOTATION_BYTES {
         return Err(format!("longer than {MAX_ANNOTATION_BYTES} bytes"));
     }
-    let patterns: Vec<String> =
-        serde_json::from_str(value).map_err(|e| format!("not a JSON list of strings: {e}"))?;
+    // serde's message may quote the value (`invalid type: string "…"`): keep it short.
+    let patterns: Vec<String> = serde_json::from_str(value).map_err(|e| {
+        format!(
+            "not a JSON list of strings: {}",
+            shortened(&e.to_string(), 200)
+        )
+    })?;
     if patterns.len() > MAX_PATTERNS {
         return Err(format!("more than {MAX_PATTERNS} patterns"));
     }
     patterns
         .iter()
         .map(|p| {
-            let body = p
-                .trim()
-                .split('*')
-                .map(regex::escape)
+            // A run of `*` is one `*`: `team/**` stays one small regular expression.
+            let pieces: Vec<&str> = p.trim().split('*').collect();
+            let last = pieces.len() - 1;
+            let body = pieces
+                .iter()
+                .enumerate()
+                .filter(|(i, piece)| !piece.is_empty() || *i == 0 || *i == last)
+                .map(|(_, piece)| regex::escape(piece))
                 .collect::<Vec<_>>()
                 .join(".*");
             RegexBuilder::new(&format!("^{body}$"))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|_| format!("pattern {p:?} is too large"))
+                .map_err(|_| format!("pattern {:?} is too large", shortened(p, 64)))
         })
         .collect()
+}
+
+/// `s` cut to `max` characters, `…` marking the cut: annotation values are quoted in
+/// denials, which must stay short whatever the annotation holds.
+fn shortened(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn last_line(s: &str) -> String {
@@ -476,6 +494,17 @@ mod tests {
             ),
             Verdict::Permitted
         );
+        // A run of stars is one star, however long (tests/fuzz.rs found 16,000 stars
+        // refused as too large).
+        let stars = format!(r#"["team/{}"]"#, "*".repeat(16_000));
+        assert_eq!(
+            verdict(
+                PolicyMode::Enforce,
+                &ns(&[(ALLOWED_ROLES_ANNOTATION, &stars)]),
+                TEAM_APP
+            ),
+            Verdict::Permitted
+        );
         // Regex characters in a glob are literal.
         let dot = ns(&[(ALLOWED_ROLES_ANNOTATION, r#"["a.p"]"#)]);
         assert!(matches!(
@@ -519,6 +548,21 @@ mod tests {
                 "{key}={value}: {d}"
             );
             assert!(d.message.len() < 1024, "{d}");
+        }
+        // Found by tests/fuzz.rs: a long pattern or value was quoted whole.
+        for value in [
+            format!("[\"{}\"]", "a".repeat(MAX_ANNOTATION_BYTES - 8)),
+            format!("\"{}\"", "a".repeat(MAX_ANNOTATION_BYTES - 8)),
+        ] {
+            let v = verdict(
+                PolicyMode::Enforce,
+                &ns(&[(ALLOWED_ROLES_ANNOTATION, &value)]),
+                APP,
+            );
+            assert!(
+                matches!(&v, Verdict::Denied(d) if d.message.len() < 1024),
+                "{v:?}"
+            );
         }
         let huge = "a".repeat(MAX_ANNOTATION_BYTES + 1);
         let v = verdict(
