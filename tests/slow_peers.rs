@@ -1,20 +1,25 @@
-//! Slow and broken STS peers (issue 24): an endpoint that accepts the connection and never
-//! answers, one whose `AssumeRole` never answers, and one that answers one byte a second. Every
-//! call ends within `--sts-timeout`, no worker is stuck behind such a role, and the other
-//! roles keep renewing. Each test prints what it measured.
+//! Slow and broken peers (issue 24). STS: an endpoint that accepts the connection and never
+//! answers, one whose `AssumeRole` never answers, and one that answers one byte a second: every
+//! call ends within `--sts-timeout`, no worker is stuck behind such a role, and the other roles
+//! keep renewing. The API server: watches answered with garbage or cut off in the middle of an
+//! event: the controller watches again and keeps serving. Each test prints what it measured.
 
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use tokio::net::TcpListener;
 
 use kube_aws_iam_controller::aws::sts::StsIssuer;
 use kube_aws_iam_controller::aws::{CredentialIssuer, IssueRequest, RequestOptions};
 use support::sts_double::StsDouble;
-use support::{Scene, data, role, run_controller, sdk_config, test_settings, wait_for};
+use support::watch_fault::{Fault, Faults};
+use support::{Scene, data, role, run_controller, sdk_config, sts_issuer, test_settings, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Far more than any bounded call needs past its timeout (the SDK's own cleanup, two busy
@@ -168,5 +173,94 @@ async fn roles_whose_sts_calls_hang_or_trickle_do_not_stop_the_others_renewing()
             window.as_secs_f64()
         );
     }
+    ctl.stop().await;
+}
+
+#[tokio::test]
+async fn watches_answered_with_garbage_or_cut_short_are_recovered_and_the_controller_keeps_serving()
+{
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let env = support::env().await;
+    let admin = env.client().await;
+    let ns = env.namespace(&admin, "watch-fault").await;
+    // Unchecked: each deleted Secret is issued again, more than twice a minute for one role.
+    let sts = StsDouble::start().await;
+    let faults = Arc::new(Faults::default());
+    let client = env.faulty_client(faults.clone());
+    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let roles: Api<AWSIAMRole> = Api::namespaced(admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let secret_uid = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.metadata.uid)
+        }
+    };
+    roles
+        .create(&PostParams::default(), &role("before", "before", 900))
+        .await
+        .expect("create");
+    wait_for("the first Secret", || secret_uid("before")).await;
+    let (lists, watches) = (
+        faults.lists.load(Ordering::Relaxed),
+        faults.watches.load(Ordering::Relaxed),
+    );
+    for (round, fault) in [Fault::Garbage, Fault::Truncate].into_iter().enumerate() {
+        // The watches streaming now, and the next four new ones.
+        faults.inject_live(fault);
+        faults.corrupt_next(fault, 4);
+        let started = Instant::now();
+        let name = format!("after-{round}");
+        roles
+            .create(&PostParams::default(), &role(&name, &name, 900))
+            .await
+            .expect("create");
+        wait_for("a role created after the fault served", || {
+            let secrets = secrets.clone();
+            let name = name.clone();
+            async move { secrets.get_opt(&name).await.ok().flatten().map(|_| ()) }
+        })
+        .await;
+        let created = started.elapsed();
+        let old = secret_uid("before").await.expect("uid");
+        secrets
+            .delete("before", &DeleteParams::default())
+            .await
+            .expect("delete the Secret");
+        wait_for("the deleted Secret written again", || async {
+            secret_uid("before").await.filter(|uid| *uid != old)
+        })
+        .await;
+        let rewritten = started.elapsed();
+        println!(
+            "watch {fault:?}: a new role served after {:.1} s, a deleted Secret written again after {:.1} s; corrupted responses so far {}, new ones still pending {}",
+            created.as_secs_f64(),
+            rewritten.as_secs_f64(),
+            faults.corrupted.load(Ordering::Relaxed),
+            faults.pending(),
+        );
+        // Each watch backs off on its own errors (0.8 s, doubling: 12 s for all four new
+        // faults on one watch), not the half-minute stalls of one backoff shared by all.
+        assert!(
+            rewritten < Duration::from_secs(25),
+            "{fault:?}: the controller served again only after {rewritten:?}"
+        );
+    }
+    println!(
+        "watch faults: {} lists and {} watches after the first Secret (the controller's watches: AWSIAMRoles, Secrets, Namespaces)",
+        faults.lists.load(Ordering::Relaxed) - lists,
+        faults.watches.load(Ordering::Relaxed) - watches,
+    );
+    // Every live fault reached a streaming watch, and the watches were made again.
+    assert!(faults.corrupted.load(Ordering::Relaxed) >= 2);
+    assert!(faults.watches.load(Ordering::Relaxed) > watches);
+    assert!(!ctl.is_finished(), "the controller stopped");
     ctl.stop().await;
 }

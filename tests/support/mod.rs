@@ -14,6 +14,7 @@ pub mod kubelet;
 pub mod pod;
 pub mod proxy;
 pub mod sts_double;
+pub mod watch_fault;
 
 use std::future::Future;
 use std::net::TcpListener;
