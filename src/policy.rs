@@ -186,7 +186,16 @@ impl ProtectedRole {
 #[derive(Clone, Debug)]
 pub struct NamespacePolicy {
     permitted: Option<Result<Regex, String>>,
-    allowed: Option<Result<Vec<Regex>, String>>,
+    allowed: Option<Result<Vec<Glob>, String>>,
+}
+
+/// One pattern of `allowed-roles`: an ARN pattern is matched against the role's ARN; a bare
+/// one against the role's name and path in the base role ARN's account and path, and against
+/// nothing else (kube2iam puts the base ARN in front of it).
+#[derive(Clone, Debug)]
+struct Glob {
+    arn: bool,
+    regex: Regex,
 }
 
 impl NamespacePolicy {
@@ -236,12 +245,12 @@ impl NamespacePolicy {
             match allowed {
                 Ok(globs) => {
                     let name_arn = base.map(|b| format!("{b}"));
-                    if globs.iter().any(|g| {
-                        g.is_match(&full)
-                            || name_arn.as_deref().is_some_and(|b| {
-                                // A bare pattern names a role in the base account and path.
-                                full.strip_prefix(b).is_some_and(|rel| g.is_match(rel))
-                            })
+                    // The role's name and path under the base ARN, if it is in its account and path.
+                    let rel = name_arn.as_deref().and_then(|b| full.strip_prefix(b));
+                    if globs.iter().any(|g| match (g.arn, rel) {
+                        (true, _) => g.regex.is_match(&full),
+                        (false, Some(rel)) => g.regex.is_match(rel),
+                        (false, None) => false,
                     }) {
                         return Ok(());
                     }
@@ -277,30 +286,52 @@ fn compile_permitted(value: &str) -> Result<Regex, String> {
 }
 
 /// kube2iam's glob: `*` matches any run of characters (slashes too); nothing else is special.
-fn compile_allowed(value: &str) -> Result<Vec<Regex>, String> {
+fn compile_allowed(value: &str) -> Result<Vec<Glob>, String> {
     if value.len() > MAX_ANNOTATION_BYTES {
         return Err(format!("longer than {MAX_ANNOTATION_BYTES} bytes"));
     }
-    let patterns: Vec<String> =
-        serde_json::from_str(value).map_err(|e| format!("not a JSON list of strings: {e}"))?;
+    // serde's message may quote the value (`invalid type: string "…"`): keep it short.
+    let patterns: Vec<String> = serde_json::from_str(value).map_err(|e| {
+        format!(
+            "not a JSON list of strings: {}",
+            shortened(&e.to_string(), 200)
+        )
+    })?;
     if patterns.len() > MAX_PATTERNS {
         return Err(format!("more than {MAX_PATTERNS} patterns"));
     }
     patterns
         .iter()
         .map(|p| {
-            let body = p
-                .trim()
-                .split('*')
-                .map(regex::escape)
+            // A run of `*` is one `*`: `team/**` stays one small regular expression.
+            let pieces: Vec<&str> = p.trim().split('*').collect();
+            let last = pieces.len() - 1;
+            let body = pieces
+                .iter()
+                .enumerate()
+                .filter(|(i, piece)| !piece.is_empty() || *i == 0 || *i == last)
+                .map(|(_, piece)| regex::escape(piece))
                 .collect::<Vec<_>>()
                 .join(".*");
             RegexBuilder::new(&format!("^{body}$"))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|_| format!("pattern {p:?} is too large"))
+                .map(|regex| Glob {
+                    arn: p.trim().starts_with("arn:"),
+                    regex,
+                })
+                .map_err(|_| format!("pattern {:?} is too large", shortened(p, 64)))
         })
         .collect()
+}
+
+/// `s` cut to `max` characters, `…` marking the cut: annotation values are quoted in
+/// denials, which must stay short whatever the annotation holds.
+fn shortened(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn last_line(s: &str) -> String {
@@ -476,6 +507,33 @@ mod tests {
             ),
             Verdict::Permitted
         );
+        // A bare pattern is a name in the base account, also with a star (tests/fuzz_namespace_policy.rs
+        // found `*/ci-runner` matching the whole ARN of a role in any account).
+        for (pattern, name) in [("*", "app"), ("*app", "app"), ("*/app", "team/app")] {
+            let any = ns(&[(ALLOWED_ROLES_ANNOTATION, &format!("[{pattern:?}]"))]);
+            let here = format!("arn:aws:iam::123456789012:role/{name}");
+            let elsewhere = format!("arn:aws:iam::999999999999:role/{name}");
+            assert_eq!(
+                verdict(PolicyMode::Enforce, &any, &here),
+                Verdict::Permitted
+            );
+            let v = verdict(PolicyMode::Enforce, &any, &elsewhere);
+            assert!(
+                matches!(v, Verdict::Denied(_)),
+                "{pattern} {elsewhere}: {v:?}"
+            );
+        }
+        // A run of stars is one star, however long (tests/fuzz.rs found 16,000 stars
+        // refused as too large).
+        let stars = format!(r#"["team/{}"]"#, "*".repeat(16_000));
+        assert_eq!(
+            verdict(
+                PolicyMode::Enforce,
+                &ns(&[(ALLOWED_ROLES_ANNOTATION, &stars)]),
+                TEAM_APP
+            ),
+            Verdict::Permitted
+        );
         // Regex characters in a glob are literal.
         let dot = ns(&[(ALLOWED_ROLES_ANNOTATION, r#"["a.p"]"#)]);
         assert!(matches!(
@@ -519,6 +577,21 @@ mod tests {
                 "{key}={value}: {d}"
             );
             assert!(d.message.len() < 1024, "{d}");
+        }
+        // Found by tests/fuzz.rs: a long pattern or value was quoted whole.
+        for value in [
+            format!("[\"{}\"]", "a".repeat(MAX_ANNOTATION_BYTES - 8)),
+            format!("\"{}\"", "a".repeat(MAX_ANNOTATION_BYTES - 8)),
+        ] {
+            let v = verdict(
+                PolicyMode::Enforce,
+                &ns(&[(ALLOWED_ROLES_ANNOTATION, &value)]),
+                APP,
+            );
+            assert!(
+                matches!(&v, Verdict::Denied(d) if d.message.len() < 1024),
+                "{v:?}"
+            );
         }
         let huge = "a".repeat(MAX_ANNOTATION_BYTES + 1);
         let v = verdict(

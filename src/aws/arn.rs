@@ -63,7 +63,7 @@ pub enum ArnError {
     #[error("partition {0:?} is not supported (supported: aws, aws-cn, aws-us-gov)")]
     Partition(String),
     #[error(
-        "role name or path {0:?} is invalid: segments must be 1-64 characters of letters, digits and +=,.@_-"
+        "role name or path {0:?} is invalid: segments must be 1-64 characters of letters, digits and +=,.@_-, at most 512 in all"
     )]
     Name(String),
     #[error(
@@ -157,10 +157,15 @@ pub fn resolve(reference: &str, base: Option<&BaseRoleArn>) -> Result<RoleArn, A
         return Err(ArnError::Name(reference.to_string()));
     }
     let base = base.ok_or_else(|| ArnError::NoBase(reference.to_string()))?;
+    // The base's path and the name are valid each; together they may be too long.
+    let path_and_name = format!("{}{rel}", base.path);
+    if !valid_path_and_name(&path_and_name) {
+        return Err(ArnError::Name(path_and_name));
+    }
     Ok(RoleArn {
         partition: base.partition.clone(),
         account: base.account.clone(),
-        path_and_name: format!("{}{rel}", base.path),
+        path_and_name,
     })
 }
 
@@ -303,6 +308,22 @@ mod tests {
             resolve(&"a".repeat(65), Some(&base())),
             Err(ArnError::Name(_))
         ));
+    }
+
+    #[test]
+    fn a_name_too_long_under_the_base_path_is_refused_not_resolved_to_an_arn_that_does_not_parse() {
+        // Found by tests/fuzz.rs: both parts valid, 512 characters in all exceeded.
+        let path = vec!["p".repeat(60); 8].join("/");
+        let long: BaseRoleArn = format!("arn:aws:iam::123456789012:role/{path}")
+            .parse()
+            .expect("base");
+        let name = "n".repeat(64);
+        assert!(matches!(
+            resolve(&name, Some(&long)),
+            Err(ArnError::Name(p)) if p.len() > 512
+        ));
+        let ok = resolve("app", Some(&long)).expect("short enough");
+        assert_eq!(ok.to_string().parse::<RoleArn>(), Ok(ok));
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub async fn run(
     }
     let controller = controller
         .reconcile_on(reconcile_all(&ctx).flat_map(every_role))
+        .trigger_backoff(AlreadyBackedOff)
         .with_config(Config::default().concurrency(opts.concurrency))
         .graceful_shutdown_on(graceful)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -360,6 +361,27 @@ fn roles_in(
         .filter(|r| which(r))
         .map(|r| cache::role_ref(r.metadata.namespace.as_deref(), &r.name_any()))
         .collect()
+}
+
+/// The controller's backoff over its trigger streams: none, as each watch already backs off
+/// on its own errors (`default_backoff` above). kube's default here is a second exponential
+/// backoff shared by every watch: a few errors on any of them stopped the events of all for up
+/// to 30 s at a time (tests/slow_peers.rs: 37-44 s before a new role was served after
+/// garbage on the watches).
+#[derive(Clone, Copy, Debug, Default)]
+struct AlreadyBackedOff;
+
+impl Iterator for AlreadyBackedOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // `None` would end the trigger stream.
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for AlreadyBackedOff {
+    fn reset(&mut self) {}
 }
 
 /// Drops a 410 Gone before the backoff: the watcher relists at once, as client-go's reflector

@@ -24,11 +24,11 @@ use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -232,27 +232,9 @@ async fn admit(State(s): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
 
 impl Shared {
     async fn decide(&self, body: &[u8]) -> (AdmissionResponse, &'static str) {
-        let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+        let req = match review::decode(body) {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    AdmissionResponse::invalid(format!(
-                        "not an AdmissionReview of a Pod (line {}, column {})",
-                        e.line(),
-                        e.column()
-                    )),
-                    review::result::ERROR,
-                );
-            }
-        };
-        let req: AdmissionRequest<Pod> = match review.try_into() {
-            Ok(r) => r,
-            Err(_) => {
-                return (
-                    AdmissionResponse::invalid("AdmissionReview without a request"),
-                    review::result::ERROR,
-                );
-            }
+            Err(res) => return (*res, review::result::ERROR),
         };
         let ns = req.namespace.clone().unwrap_or_default();
         let explicit = req.object.as_ref().and_then(mutate::pod_role);

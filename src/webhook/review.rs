@@ -1,7 +1,7 @@
 //! The admission decision for one pod, from the request and what the caches know (pure).
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use super::mutate::{self, Choice, Injection};
 
@@ -33,6 +33,23 @@ pub mod result {
     pub const SKIPPED: &str = "skipped";
     pub const DENIED: &str = "denied";
     pub const ERROR: &str = "error";
+}
+
+/// The request in an AdmissionReview body, or the response refusing a body that is not one.
+/// The error quotes no part of the body: only where decoding stopped.
+pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionResponse>> {
+    let review: AdmissionReview<Pod> = serde_json::from_slice(body).map_err(|e| {
+        Box::new(AdmissionResponse::invalid(format!(
+            "not an AdmissionReview of a Pod (line {}, column {})",
+            e.line(),
+            e.column()
+        )))
+    })?;
+    review.try_into().map_err(|_| {
+        Box::new(AdmissionResponse::invalid(
+            "AdmissionReview without a request",
+        ))
+    })
 }
 
 /// The response for `req`, and its metric label.

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod runner;
 pub mod sts_double;
 pub mod wait;
+pub mod watch_fault;
 
 #[allow(unused_imports)]
 pub use aws::*;

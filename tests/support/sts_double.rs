@@ -12,7 +12,8 @@
 //! What it models:
 //! * per-role faults: [`StsDouble::deny`] (403 `AccessDenied`),
 //!   [`StsDouble::throttle`] (400 `Throttling`), [`StsDouble::server_error`]
-//!   (500 `InternalFailure`), [`StsDouble::latency`]; and a global
+//!   (500 `InternalFailure`), [`StsDouble::latency`] (with a long one: a peer that
+//!   never answers), [`StsDouble::trickle`] (one byte a second); and a global
 //!   [`StsDouble::unavailable`] (503 `ServiceUnavailable` for every request),
 //!   [`StsDouble::caller_identity_unavailable`] (the same for `GetCallerIdentity` only);
 //! * validation like AWS's: role ARN shape, `RoleSessionName` (2–64 chars of
@@ -130,6 +131,8 @@ struct Inner {
     unavailable: bool,
     caller_identity_unavailable: bool,
     latency: HashMap<String, Duration>,
+    /// Roles whose `AssumeRole` answers are sent one byte a second.
+    trickle: HashSet<String>,
     max_session: HashMap<String, i64>,
     lifetimes: HashMap<String, Duration>,
     role_ids: HashMap<String, String>,
@@ -259,6 +262,17 @@ impl StsDouble {
             inner.latency.remove(role_arn);
         } else {
             inner.latency.insert(role_arn.to_owned(), d);
+        }
+    }
+
+    /// Sends every answer to an `AssumeRole` on `role_arn` one byte a second (headers at once,
+    /// with the whole body's `Content-Length`): a peer that answers but never finishes.
+    pub fn trickle(&self, role_arn: &str, on: bool) {
+        let mut inner = self.shared.lock();
+        if on {
+            inner.trickle.insert(role_arn.to_owned());
+        } else {
+            inner.trickle.remove(role_arn);
         }
     }
 
@@ -778,14 +792,49 @@ async fn handle(
         Ok(xml) => (StatusCode::OK, xml),
         Err(err) => (err.status, error_xml(&err, &request_id)),
     };
-    shared.lock().requests[index].status = status.as_u16();
+    let trickle = {
+        let mut inner = shared.lock();
+        inner.requests[index].status = status.as_u16();
+        record
+            .role_arn
+            .as_deref()
+            .is_some_and(|r| inner.trickle.contains(r))
+    };
 
-    let mut response = (status, body).into_response();
+    let mut response = if trickle {
+        trickled(status, body)
+    } else {
+        (status, body).into_response()
+    };
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert(HeaderName::from_static("x-amzn-requestid"), v);
     }
+    response
+}
+
+/// `body` sent one byte a second, its length announced up front.
+fn trickled(status: StatusCode, body: String) -> Response {
+    let len = body.len();
+    let bytes = Bytes::from(body);
+    let stream = futures::stream::unfold(0usize, move |at| {
+        let bytes = bytes.clone();
+        async move {
+            if at >= bytes.len() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((
+                Ok::<_, std::convert::Infallible>(bytes.slice(at..at + 1)),
+                at + 1,
+            ))
+        }
+    });
+    let mut response = (status, axum::body::Body::from_stream(stream)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response
 }
 
