@@ -6,6 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
+use crate::controller::key::RoleKey;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,8 +46,8 @@ pub struct Metrics {
     watch_relists: Family<Labels, Counter>,
     writes_skipped: Family<Labels, Counter>,
     secret_observations: Family<Labels, Counter>,
-    roles_state: Mutex<HashMap<String, RoleState>>,
-    policy_state: Mutex<HashMap<String, PolicyState>>,
+    roles_state: Mutex<HashMap<RoleKey, RoleState>>,
+    policy_state: Mutex<HashMap<RoleKey, PolicyState>>,
 }
 
 /// How the namespace role policy judged one AWSIAMRole, for the policy gauges.
@@ -311,19 +313,19 @@ impl Metrics {
         self.webhook_cert_expiry.set(unix_seconds);
     }
 
-    /// Records an AWSIAMRole's state (`key` is namespace/name) and refreshes the derived gauges.
-    /// Ignored while not leading.
-    pub fn role_state(&self, key: &str, ready: bool, expiry: Option<i64>) {
+    /// Records an AWSIAMRole's state and refreshes the derived gauges. Ignored while not
+    /// leading.
+    pub fn role_state(&self, key: &RoleKey, ready: bool, expiry: Option<i64>) {
         if !self.leading.load(Ordering::SeqCst) {
             return;
         }
         self.update_roles(|m| {
-            m.insert(key.to_string(), RoleState { ready, expiry });
+            m.insert(key.clone(), RoleState { ready, expiry });
         });
     }
 
     /// Forgets a deleted AWSIAMRole.
-    pub fn forget_role(&self, key: &str) {
+    pub fn forget_role(&self, key: &RoleKey) {
         self.update_roles(|m| {
             m.remove(key);
         });
@@ -332,14 +334,14 @@ impl Metrics {
         });
     }
 
-    /// Records how the namespace role policy judged an AWSIAMRole (`key` is namespace/name).
-    pub fn policy(&self, key: &str, state: PolicyState) {
+    /// Records how the namespace role policy judged an AWSIAMRole.
+    pub fn policy(&self, key: &RoleKey, state: PolicyState) {
         self.update_policy(|m| {
-            m.insert(key.to_string(), state);
+            m.insert(key.clone(), state);
         });
     }
 
-    fn update_policy(&self, f: impl FnOnce(&mut HashMap<String, PolicyState>)) {
+    fn update_policy(&self, f: impl FnOnce(&mut HashMap<RoleKey, PolicyState>)) {
         let Ok(mut m) = self.policy_state.lock() else {
             return;
         };
@@ -352,7 +354,7 @@ impl Metrics {
         self.policy_would_deny.set(count(PolicyState::WouldDeny));
     }
 
-    fn update_roles(&self, f: impl FnOnce(&mut HashMap<String, RoleState>)) {
+    fn update_roles(&self, f: impl FnOnce(&mut HashMap<RoleKey, RoleState>)) {
         let Ok(mut m) = self.roles_state.lock() else {
             return;
         };
@@ -368,8 +370,8 @@ impl Metrics {
         self.earliest_expiry.set(earliest as f64);
     }
 
-    /// Keys of the AWSIAMRoles currently tracked.
-    pub fn tracked_roles(&self) -> Vec<String> {
+    /// The AWSIAMRoles currently tracked.
+    pub fn tracked_roles(&self) -> Vec<RoleKey> {
         self.roles_state
             .lock()
             .map(|m| m.keys().cloned().collect())
@@ -387,8 +389,8 @@ mod tests {
         m.reconciled("ok", 0.01);
         m.sts_call("AssumeRole", "Success", 0.2);
         m.issued("missing");
-        m.role_state("ns/a", true, Some(2000));
-        m.role_state("ns/b", false, Some(1000));
+        m.role_state(&RoleKey::new("ns", "a"), true, Some(2000));
+        m.role_state(&RoleKey::new("ns", "b"), false, Some(1000));
         let text = m.render();
         assert!(
             text.contains("kaic_reconciles_total{result=\"ok\"} 1"),
@@ -400,7 +402,7 @@ mod tests {
         assert!(text.contains("kaic_credentials_issued_total{reason=\"missing\"} 1"));
         assert!(text.contains("kaic_awsiamroles{ready=\"true\"} 1"));
         assert!(text.contains("kaic_credentials_earliest_expiry_timestamp_seconds 1000"));
-        m.forget_role("ns/b");
+        m.forget_role(&RoleKey::new("ns", "b"));
         assert!(
             m.render()
                 .contains("kaic_credentials_earliest_expiry_timestamp_seconds 2000")
@@ -411,8 +413,8 @@ mod tests {
     fn losing_leadership_clears_the_role_gauges_until_leading_again() {
         let m = Metrics::new();
         m.set_leader(true);
-        m.role_state("ns/a", true, Some(2000));
-        m.role_state("ns/b", false, Some(1000));
+        m.role_state(&RoleKey::new("ns", "a"), true, Some(2000));
+        m.role_state(&RoleKey::new("ns", "b"), false, Some(1000));
         m.set_leader(false);
         let text = m.render();
         assert!(text.contains("kaic_leader 0"), "{text}");
@@ -426,10 +428,10 @@ mod tests {
         );
         assert!(text.contains("kaic_credentials_earliest_expiry_timestamp_seconds 0"));
         // A reconcile that was in flight when leadership ended reports nothing.
-        m.role_state("ns/a", true, Some(2000));
+        m.role_state(&RoleKey::new("ns", "a"), true, Some(2000));
         assert!(m.tracked_roles().is_empty());
         m.set_leader(true);
-        m.role_state("ns/a", true, Some(2000));
+        m.role_state(&RoleKey::new("ns", "a"), true, Some(2000));
         assert!(m.render().contains("kaic_awsiamroles{ready=\"true\"} 1"));
     }
 

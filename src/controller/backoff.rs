@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::key::RoleKey;
+
 /// Delay after `failures` consecutive failures: `base * 2^(failures-1)`, capped at `max`, then
 /// scaled by `jitter` (0.0 to 1.0) into the upper half, so retries of many objects spread out.
 pub fn delay(failures: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
@@ -12,32 +14,32 @@ pub fn delay(failures: u32, base: Duration, max: Duration, jitter: f64) -> Durat
     capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// Consecutive failures per object key (`namespace/name`).
+/// Consecutive failures per AWSIAMRole.
 #[derive(Default)]
 pub struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<RoleKey, u32>>,
 }
 
 impl Backoff {
     /// Counts a failure and returns the new count.
-    pub fn fail(&self, key: &str) -> u32 {
+    pub fn fail(&self, key: &RoleKey) -> u32 {
         let Ok(mut m) = self.failures.lock() else {
             return 1;
         };
-        let n = m.entry(key.to_string()).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     /// Consecutive failures of `key` so far.
-    pub fn failures(&self, key: &str) -> u32 {
+    pub fn failures(&self, key: &RoleKey) -> u32 {
         self.failures
             .lock()
             .map(|m| m.get(key).copied().unwrap_or(0))
             .unwrap_or(0)
     }
 
-    pub fn reset(&self, key: &str) {
+    pub fn reset(&self, key: &RoleKey) {
         if let Ok(mut m) = self.failures.lock() {
             m.remove(key);
         }
@@ -71,11 +73,12 @@ mod tests {
     #[test]
     fn failures_are_counted_per_object_and_reset() {
         let b = Backoff::default();
-        assert_eq!(b.fail("a"), 1);
-        assert_eq!(b.fail("a"), 2);
-        assert_eq!(b.fail("b"), 1);
-        b.reset("a");
-        assert_eq!(b.fail("a"), 1);
+        let (a, other) = (RoleKey::new("ns", "a"), RoleKey::new("ns", "b"));
+        assert_eq!(b.fail(&a), 1);
+        assert_eq!(b.fail(&a), 2);
+        assert_eq!(b.fail(&other), 1);
+        b.reset(&a);
+        assert_eq!(b.fail(&a), 1);
         assert_eq!(b.len(), 2);
     }
 }

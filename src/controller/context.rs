@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::{instrument, warn};
 
 use super::backoff::Backoff;
+use super::key::RoleKey;
 use super::known::SecretKnowledge;
 use super::leader::Leadership;
 use super::learned::Learned;
@@ -81,10 +82,9 @@ pub struct Context {
     pub learned: Arc<Learned>,
     /// The Secrets' metadata cache and what this process last wrote or read of each.
     pub secrets: SecretKnowledge,
-    /// The resourceVersion each AWSIAMRole (`namespace/name`) got from this process's last
-    /// status write, until the watch delivers it: a cached object at another version may be
-    /// behind that write.
-    pub statuses: Mutex<HashMap<String, String>>,
+    /// The resourceVersion each AWSIAMRole got from this process's last status write, until
+    /// the watch delivers it: a cached object at another version may be behind that write.
+    pub statuses: Mutex<HashMap<RoleKey, String>>,
 }
 
 /// What a [`Context`] is wired to besides the API server, STS and the settings.
@@ -160,11 +160,7 @@ impl Context {
     ) -> Result<Transition, kube::Error> {
         let now = Utc::now();
         let cached = role.status.as_ref();
-        let key = format!(
-            "{}/{}",
-            role.namespace().unwrap_or_default(),
-            role.name_any()
-        );
+        let key = RoleKey::of(role);
         let expiry = match outcome {
             Outcome::Ready { expiration, .. } => Some(expiration.timestamp()),
             Outcome::Withdrawn { .. } => None,
@@ -212,7 +208,7 @@ impl Context {
 
     /// Whether the cached AWSIAMRole `key`, at `cached` resourceVersion, may be behind this
     /// process's last status write of it; once the cache shows that write it is forgotten.
-    fn status_behind(&self, key: &str, cached: Option<&str>) -> bool {
+    fn status_behind(&self, key: &RoleKey, cached: Option<&str>) -> bool {
         let Ok(mut written) = self.statuses.lock() else {
             return false;
         };
@@ -229,12 +225,10 @@ impl Context {
     /// The watch delivered `role` (already in the cache): a status write of this process it
     /// shows is forgotten, so the written versions are kept only while the watch is behind.
     pub fn status_seen(&self, role: &AWSIAMRole) {
-        let key = format!(
-            "{}/{}",
-            role.namespace().unwrap_or_default(),
-            role.name_any()
+        self.status_behind(
+            &RoleKey::of(role),
+            role.metadata.resource_version.as_deref(),
         );
-        self.status_behind(&key, role.metadata.resource_version.as_deref());
     }
 
     /// Patches the status of `object` (as read, with its resourceVersion as the precondition)
@@ -269,12 +263,7 @@ impl Context {
             .patch_status(&object.name_any(), &pp, &Patch::Merge(&patch))
             .await?;
         if let (Ok(mut m), Some(rv)) = (self.statuses.lock(), written.resource_version()) {
-            let key = format!(
-                "{}/{}",
-                object.namespace().unwrap_or_default(),
-                object.name_any()
-            );
-            m.insert(key, rv);
+            m.insert(RoleKey::of(object), rv);
         }
         Ok(if status::is_transition(current, &next) {
             Transition::Changed
@@ -372,16 +361,17 @@ mod tests {
     use std::time::Duration;
 
     use super::super::fixtures::{FakeSts, context, role};
+    use super::RoleKey;
 
     #[tokio::test]
     async fn a_status_write_is_remembered_only_until_the_watch_shows_it() {
         let (ctx, _api, _leader) = context(FakeSts::new(Duration::from_secs(3600)));
-        let key = "testns/app";
+        let key = &RoleKey::new("testns", "app");
         let remember = |rv: &str| {
             ctx.statuses
                 .lock()
                 .expect("lock")
-                .insert(key.into(), rv.into());
+                .insert(key.clone(), rv.into());
         };
         remember("101");
         assert!(ctx.status_behind(key, Some("100")), "the cache predates it");

@@ -505,7 +505,8 @@ mod tests {
         server.await.expect("server");
         assert_eq!(sts.count(), 1);
         assert_eq!(
-            ctx.backoff.failures("testns/app"),
+            ctx.backoff
+                .failures(&crate::controller::key::RoleKey::new(NS, "app")),
             1,
             "counted for the backoff"
         );

@@ -12,11 +12,12 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use tracing::{info, instrument, warn};
 
 use super::cache::{CachedSecret, Owners};
 use super::context::Context;
+use super::key::RoleKey;
 use crate::crd::AWSIAMRole;
 
 /// The labelled Secrets that may be orphans: no AWSIAMRole of their name is in the cache, they
@@ -92,18 +93,13 @@ pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<Cac
             Err(e) => warn!(namespace = ns, name, error = %e, "could not remove orphaned secret"),
         }
     }
-    let exists = |key: &str| {
-        key.split_once('/')
-            .is_some_and(|(ns, name)| roles.get(&ObjectRef::new(name).within(ns)).is_some())
-    };
+    let exists = |key: &RoleKey| roles.get(&key.to_ref()).is_some();
     ctx.secrets.retain(exists);
     if let Ok(mut statuses) = ctx.statuses.lock() {
         statuses.retain(|key, _| exists(key));
     }
     for key in ctx.metrics.tracked_roles() {
-        if let Some((ns, name)) = key.split_once('/')
-            && roles.get(&ObjectRef::new(name).within(ns)).is_none()
-        {
+        if !exists(&key) {
             ctx.metrics.forget_role(&key);
             ctx.backoff.reset(&key);
             ctx.metrics.set_backoff(ctx.backoff.len());

@@ -18,6 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
 use super::cache::CachedSecret;
+use super::key::RoleKey;
 use super::secret::Known;
 
 /// How a reconcile observes the Secret of an AWSIAMRole.
@@ -68,8 +69,8 @@ impl Drop for Write<'_> {
 
 #[derive(Default)]
 pub struct SecretKnowledge {
-    entries: Mutex<HashMap<String, Known>>,
-    writing: Mutex<HashMap<String, Writing>>,
+    entries: Mutex<HashMap<RoleKey, Known>>,
+    writing: Mutex<HashMap<RoleKey, Writing>>,
     cache: OnceLock<(Store<CachedSecret>, watch::Receiver<bool>)>,
 }
 
@@ -193,8 +194,8 @@ impl SecretKnowledge {
         )
     }
 
-    /// Forgets every Secret whose `namespace/name` key `keep` rejects (AWSIAMRoles gone).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// Forgets every Secret whose AWSIAMRole `keep` rejects (AWSIAMRoles gone).
+    pub fn retain(&self, keep: impl Fn(&RoleKey) -> bool) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|k, _| keep(k));
         }
@@ -210,8 +211,8 @@ impl SecretKnowledge {
     }
 }
 
-fn key(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+fn key(namespace: &str, name: &str) -> RoleKey {
+    RoleKey::new(namespace, name)
 }
 
 #[cfg(test)]
@@ -333,7 +334,7 @@ mod tests {
                 // Read first: a write begun before the look must show in it.
                 let was_begun = begun.load(Ordering::SeqCst);
                 let held_back = match k.writing.try_lock() {
-                    Ok(writing) => writing.contains_key("team/app"),
+                    Ok(writing) => writing.contains_key(&key("team", "app")),
                     // The ending write holds it while it waits to record.
                     Err(TryLockError::WouldBlock) => true,
                     Err(TryLockError::Poisoned(_)) => panic!("poisoned"),

@@ -6,6 +6,7 @@ pub mod context;
 #[cfg(test)]
 pub mod fixtures;
 pub mod janitor;
+pub mod key;
 pub mod known;
 pub mod leader;
 pub mod learned;

@@ -13,20 +13,13 @@ use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use super::context::{Context, MANAGER, Transition};
+use super::key::RoleKey;
 use super::known::Observation;
 use super::plan::{self, Observed, Plan, Requeue, Resolution, Writes};
 use super::status::Note;
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
 use crate::crd::AWSIAMRole;
 use crate::{Error, Result};
-
-fn key(role: &AWSIAMRole) -> String {
-    format!(
-        "{}/{}",
-        role.namespace().unwrap_or_default(),
-        role.name_any()
-    )
-}
 
 /// Entry point for the kube-rs `Controller`.
 pub async fn reconcile(role: Arc<AWSIAMRole>, ctx: Arc<Context>) -> Result<Action> {
@@ -44,7 +37,7 @@ pub async fn reconcile(role: Arc<AWSIAMRole>, ctx: Arc<Context>) -> Result<Actio
 /// Kubernetes API failures (conflicts, 5xx, timeouts): retry this object with exponential
 /// backoff and jitter. STS failures never get here: their requeue is part of the plan.
 pub fn error_policy(role: Arc<AWSIAMRole>, err: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.backoff.fail(&key(&role));
+    let failures = ctx.backoff.fail(&RoleKey::of(role.as_ref()));
     ctx.metrics.set_backoff(ctx.backoff.len());
     let delay = super::backoff::delay(
         failures,
@@ -90,7 +83,7 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
         }
     };
     let base = ctx.base_role_arn();
-    let key = key(role);
+    let key = RoleKey::of(role);
     let policy = ctx.policy.view(role);
     let obs = Observed {
         role,
@@ -145,7 +138,7 @@ async fn act(
         policy,
     } = writes;
     if let Some(state) = policy {
-        ctx.metrics.policy(&key(role), state);
+        ctx.metrics.policy(&RoleKey::of(role), state);
     }
     // Someone else changed the Secret right after this write: look again soon.
     let mut changed_meanwhile = false;
@@ -189,7 +182,7 @@ async fn act(
         }
         ctx.announce(role, note, transition).await;
     }
-    let key = key(role);
+    let key = RoleKey::of(role);
     let soon = |delay: std::time::Duration| {
         if changed_meanwhile {
             delay.min(ctx.settings.backoff_base)
