@@ -301,57 +301,79 @@ fn judge(obs: &Observed<'_>, stored: &Stored, role_arn: &str, hash: &str) -> Opt
 
 /// Decides the whole reconcile from what was observed.
 pub fn decide(obs: &Observed<'_>) -> Plan {
+    match ask(obs) {
+        Ok(asked) => keep_or_issue(obs, asked),
+        Err(plan) => *plan,
+    }
+}
+
+/// What the role asks STS for now, once the spec, the Secret's ownership, the role reference,
+/// the namespace policy and the session options allow it to be asked.
+struct Asked {
+    request: IssueRequest,
+    role_arn: String,
+    request_hash: String,
+    length: SessionLength,
+    /// `--namespace-policy=audit`: what `enforce` would deny.
+    would_deny: Option<Denial>,
+}
+
+/// The request the role makes, or the plan when it cannot be asked (an invalid spec, a
+/// foreign Secret, a bad reference, a refusal, an unknown identity or Namespace).
+fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
     let role = obs.role;
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     if let Some(problem) = &role.spec.invalid {
-        return not_ready(
+        return Err(Box::new(not_ready(
             obs,
             "InvalidSpec",
             format!("the AWSIAMRole's spec cannot be read: {problem}"),
             Requeue::AwaitChange,
-        );
+        )));
     }
     if obs
         .secret
         .is_some_and(|s| secret::ownership(s, role) == Ownership::Foreign)
     {
-        return not_ready(
+        return Err(Box::new(not_ready(
             obs,
             "SecretConflict",
             format!(
                 "Secret {ns}/{name} exists and is not managed by kube-aws-iam-controller; it is left untouched. Rename the AWSIAMRole or remove the Secret."
             ),
             Requeue::After(slow_requeue(obs.settings, obs.jitter)),
-        );
+        )));
     }
     let arn = match arn::resolve(&role.spec.role_reference, obs.base_role_arn) {
         Ok(arn) => arn,
         Err(e) => {
-            return not_ready(
+            return Err(Box::new(not_ready(
                 obs,
                 "InvalidRoleReference",
                 e.to_string(),
                 Requeue::AwaitChange,
-            );
+            )));
         }
     };
     let would_deny = match obs.policy.judge(&arn, obs.base_role_arn) {
         Judgement::IdentityUnknown => {
-            return not_ready(
+            return Err(Box::new(not_ready(
                 obs,
                 IDENTITY_UNKNOWN,
                 "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
                 Requeue::Backoff(backoff(obs)),
-            );
+            )));
         }
         Judgement::NamespaceUnknown(_) => {
-            return Plan::Write(Writes::nothing(Requeue::After(
+            return Err(Box::new(Plan::Write(Writes::nothing(Requeue::After(
                 obs.settings
                     .backoff_base
                     .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
-            )));
+            )))));
         }
-        Judgement::Verdict(Verdict::Denied(denial)) => return deny(obs, &arn.to_string(), denial),
+        Judgement::Verdict(Verdict::Denied(denial)) => {
+            return Err(Box::new(deny(obs, &arn.to_string(), denial)));
+        }
         Judgement::Verdict(Verdict::WouldDeny(denial)) => Some(denial),
         Judgement::Verdict(Verdict::Permitted) => None,
     };
@@ -364,7 +386,14 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
         &arn.partition,
     ) {
         Ok(options) => options,
-        Err(e) => return not_ready(obs, e.reason(), e.to_string(), Requeue::AwaitChange),
+        Err(e) => {
+            return Err(Box::new(not_ready(
+                obs,
+                e.reason(),
+                e.to_string(),
+                Requeue::AwaitChange,
+            )));
+        }
     };
     let length = SessionLength::new(role.spec.role_session_duration, obs.chained);
     let role_arn = arn.to_string();
@@ -375,6 +404,26 @@ pub fn decide(obs: &Observed<'_>) -> Plan {
         options,
     };
     let request_hash = request_hash(&request, length.requested);
+    Ok(Asked {
+        request,
+        role_arn,
+        request_hash,
+        length,
+        would_deny,
+    })
+}
+
+/// Keeps the stored credentials while they are the ones asked for and outside the refresh
+/// window (repairing the Secret's metadata if needed), or plans the STS call.
+fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
+    let Asked {
+        request,
+        role_arn,
+        request_hash,
+        length,
+        would_deny,
+    } = asked;
+    let role = obs.role;
     let stored = stored(obs);
     // Credentials withdrawn after STS refused this very request: asked again only after the
     // slow requeue, not on the watch event of the withdrawal itself.
