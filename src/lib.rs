@@ -10,6 +10,7 @@ pub mod crd;
 pub mod kubeclient;
 pub mod metrics;
 pub mod policy;
+pub mod serve;
 pub mod webhook;
 
 /// Errors of the reconcile loop and the process around it. Messages never contain credentials.

@@ -317,16 +317,16 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = init_tracing(&args) {
         eprintln!("kube-aws-iam-controller: {e}");
         return ExitCode::from(2);
     }
+    // The credentials sidecar runs on its own single-threaded runtime (a pod pays for it).
     let result = match &args.command {
-        Some(Command::Bootstrap(b)) => bootstrap::run(b).await.map(|seeded| println!("{seeded}")),
-        None => run(args).await,
+        Some(Command::ServeCredentials(s)) => kube_aws_iam_controller::serve::main(s),
+        Some(Command::Bootstrap(_)) | None => controller_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -335,4 +335,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[tokio::main]
+async fn controller_main(args: Args) -> Result<()> {
+    if let Some(Command::Bootstrap(b)) = &args.command {
+        return bootstrap::run(b).await.map(|seeded| println!("{seeded}"));
+    }
+    run(args).await
 }

@@ -39,6 +39,7 @@ fn settings(ns: &str, lifetimes: Lifetimes) -> Settings {
         sans: vec!["127.0.0.1".into()],
         tls: TlsSource::SelfManaged(lifetimes),
         region: None,
+        delivery: Default::default(),
         watch_namespace: None,
         check_interval: Duration::from_millis(300),
     }
