@@ -13,6 +13,7 @@ pub mod helm;
 pub mod kubelet;
 pub mod pod;
 pub mod proxy;
+pub mod sidecar;
 pub mod sts_double;
 
 use std::future::Future;
