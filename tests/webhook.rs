@@ -796,6 +796,48 @@ fn the_injected_environment_covers_every_row_of_the_sdk_matrix() {
     assert!(injected.contains(&"AWS_EC2_METADATA_DISABLED=true".to_string()));
 }
 
+#[test]
+fn the_endpoint_modes_environment_is_the_sdk_matrixs_endpoint_column() {
+    // Every row's endpoint environment (measured by tests/sdk.rs) is injected, and nothing but
+    // it and AWS_EC2_METADATA_DISABLED.
+    let text =
+        std::fs::read_to_string(support::repo().join("docs/sdk-configuration.md")).expect("docs");
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("| SDK | version tested |"))
+        .expect("the SDK table");
+    let column = header
+        .trim_matches('|')
+        .split('|')
+        .position(|c| c.trim() == "endpoint environment")
+        .expect("an endpoint environment column");
+    let mut injected: Vec<String> = kube_aws_iam_controller::webhook::endpoint::environment(None)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .filter(|kv| kv != "AWS_EC2_METADATA_DISABLED=true")
+        .collect();
+    injected.sort();
+    let mut rows = 0;
+    for line in text
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let mut spans: Vec<String> = cells[column]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        spans.sort();
+        assert_eq!(spans, injected, "{}", cells[0]);
+        rows += 1;
+    }
+    assert!(rows >= 7, "the SDK table has {rows} rows");
+}
+
 #[tokio::test]
 async fn the_shipped_rbac_is_enough_to_serve_admissions_and_rotate_the_certificate() {
     use k8s_openapi::api::authentication::v1::TokenRequest;
