@@ -1006,3 +1006,96 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
     wait_until_serving(&s.client, &s.ns).await;
     drop(hook);
 }
+
+/// Endpoint mode through the real API server (which validates the native sidecar: a startup
+/// probe is allowed on an init container only with `restartPolicy: Always`), passing the
+/// webhook twice: the annotated pod gets the sidecar first and the endpoint environment, its
+/// containers no Secret mount; a pod without the annotation is wired as before; an unknown
+/// mode is refused.
+#[tokio::test]
+async fn an_endpoint_pod_gets_the_native_sidecar_and_no_secret_mount_through_the_api_server() {
+    use kube_aws_iam_controller::webhook::endpoint::{self, Delivery, MODE_ANNOTATION, Mode};
+    let s = support::scene("hook-endpoint").await;
+    let image = "registry.example/kube-aws-iam-controller:test";
+    let mut settings = settings(&s.ns, lifetimes());
+    settings.delivery = Delivery {
+        default: Mode::Process,
+        image: Some(image.into()),
+    };
+    let hook = start(&s.client, settings, true).await;
+    install(
+        &s.client,
+        &configuration(&format!("kaic-{}", s.ns), hook.addr.port(), &[&s.ns], true),
+    )
+    .await;
+    wait_until_serving(&s.client, &s.ns).await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    let annotated = |name: &str, mode: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {ROLE_LABEL: "app"},
+                         "annotations": {MODE_ANNOTATION: mode}},
+            "spec": {"initContainers": [{"name": "migrate", "image": "m"}],
+                     "containers": [{"name": "main", "image": "distroless"}]}
+        }))
+        .expect("pod")
+    };
+    let pod = pods
+        .create(&PostParams::default(), &annotated("ep", "endpoint"))
+        .await
+        .expect("the API server admits the mutated pod");
+    let spec = pod.spec.as_ref().expect("spec");
+    let inits = spec.init_containers.as_ref().expect("init containers");
+    assert_eq!(
+        inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        [endpoint::SIDECAR_NAME, "migrate"],
+        "one sidecar, first, after two passes"
+    );
+    assert_eq!(inits[0].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(inits[0].image.as_deref(), Some(image));
+    assert!(inits[0].startup_probe.is_some());
+    for c in inits[1..].iter().chain(&spec.containers) {
+        let env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        let want: Vec<(String, String)> = endpoint::environment(None)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(env, want, "{}", c.name);
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [endpoint::TOKEN_DIR], "{}", c.name);
+    }
+    let plain = pods
+        .create(&PostParams::default(), &labelled_pod("process", "app"))
+        .await
+        .expect("pod");
+    assert_eq!(
+        env_of(&plain).len(),
+        mutate::environment(None).len(),
+        "no annotation: the Secret mount as before"
+    );
+    assert!(
+        plain
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none()
+    );
+    let refused = pods
+        .create(&PostParams::default(), &annotated("bad", "sidecar"))
+        .await
+        .expect_err("an unknown mode is refused");
+    assert!(
+        refused.to_string().contains("neither process nor endpoint"),
+        "{refused}"
+    );
+    drop(hook);
+}
