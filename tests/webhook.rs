@@ -1099,3 +1099,150 @@ async fn an_endpoint_pod_gets_the_native_sidecar_and_no_secret_mount_through_the
     );
     drop(hook);
 }
+
+/// Installs deploy/webhook-policy.yaml under `name`, bound to namespace `ns` only.
+async fn install_policy(client: &Client, name: &str, ns: &str) {
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/webhook-policy.yaml")).expect("yaml");
+    for mut doc in serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| <Value as serde::Deserialize>::deserialize(d).ok())
+        .filter(|d| d.is_object())
+    {
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        doc["metadata"]["name"] = json!(name);
+        if kind == "MutatingAdmissionPolicyBinding" {
+            doc["spec"]["policyName"] = json!(name);
+            doc["spec"]["matchResources"]["namespaceSelector"] = json!({
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}]
+            });
+        }
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            &kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let obj: DynamicObject = serde_json::from_value(doc).expect("object");
+        api.patch(
+            name,
+            &PatchParams::apply("kaic-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+}
+
+/// The MutatingAdmissionPolicy's endpoint mode gives each pod shape exactly the spec the
+/// webhook gives it (both as stored by the API server, after its defaults), and a second pass
+/// of either changes nothing.
+#[tokio::test]
+async fn the_mutating_admission_policy_wires_endpoint_pods_as_the_webhook_does() {
+    use kube_aws_iam_controller::webhook::endpoint::{Delivery, MODE_ANNOTATION, Mode};
+    let by_hook = support::scene("ep-hook").await;
+    let by_policy = support::scene("ep-policy").await;
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/webhook-policy.yaml")).expect("yaml");
+    let image = text
+        .split("expression: \"'")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .filter(|i| i.contains("kube-aws-iam-controller"))
+        .expect("the policy's image variable")
+        .to_string();
+    let mut settings = settings(&by_hook.ns, lifetimes());
+    settings.delivery = Delivery {
+        default: Mode::Process,
+        image: Some(image),
+    };
+    let hook = start(&by_hook.client, settings, true).await;
+    install(
+        &by_hook.client,
+        &configuration(
+            &format!("kaic-{}", by_hook.ns),
+            hook.addr.port(),
+            &[&by_hook.ns],
+            false,
+        ),
+    )
+    .await;
+    let policy = format!("kaic-{}", by_policy.ns);
+    install_policy(&by_policy.client, &policy, &by_policy.ns).await;
+    wait_until_serving(&by_hook.client, &by_hook.ns).await;
+    wait_until_serving(&by_policy.client, &by_policy.ns).await;
+
+    let shapes = [
+        json!({"containers": [{"name": "app", "image": "distroless"}]}),
+        json!({"initContainers": [{"name": "migrate", "image": "m", "env": [{"name": "X", "value": "1"}]}],
+               "containers": [{"name": "app", "image": "a"}, {"name": "b", "image": "b"}]}),
+        json!({"volumes": [{"name": "creds", "secret": {"secretName": "app"}}],
+               "containers": [{"name": "app", "image": "a",
+                               "env": [{"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]}]}),
+        json!({"volumes": [{"name": "aws-iam-token", "configMap": {"name": "x"}}],
+               "containers": [{"name": "app", "image": "a"}]}),
+    ];
+    let spec_of = |pod: &Pod| -> Value {
+        let mut spec = serde_json::to_value(pod.spec.as_ref().expect("spec")).expect("json");
+        spec.as_object_mut().map(|o| o.remove("nodeName"));
+        spec
+    };
+    for (i, shape) in shapes.iter().enumerate() {
+        let mut shape = shape.clone();
+        shape["automountServiceAccountToken"] = json!(false);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("shape-{i}"), "labels": {ROLE_LABEL: "app"},
+                         "annotations": {MODE_ANNOTATION: "endpoint"}},
+            "spec": shape
+        }))
+        .expect("pod");
+        let mut specs = Vec::new();
+        for s in [&by_hook, &by_policy] {
+            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+            let stored = pods
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap_or_else(|e| panic!("shape {i} in {}: {e}", s.ns));
+            let mut again = stored.clone();
+            again.metadata = ObjectMeta {
+                name: Some(format!("shape-{i}-again")),
+                labels: stored.metadata.labels.clone(),
+                annotations: stored.metadata.annotations.clone(),
+                ..Default::default()
+            };
+            let again = pods
+                .create(&PostParams::default(), &again)
+                .await
+                .expect("second pass");
+            assert_eq!(
+                spec_of(&again),
+                spec_of(&stored),
+                "shape {i} in {}: second pass",
+                s.ns
+            );
+            specs.push(spec_of(&stored));
+        }
+        assert_eq!(
+            specs[0], specs[1],
+            "shape {i}: webhook (left) and policy (right) differ"
+        );
+        let inits = specs[0]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            inits.first().map(|c| c["name"].clone()),
+            (i != 3).then(|| json!("aws-iam-credentials")),
+            "shape {i}: the sidecar first (none when a volume name is taken)"
+        );
+    }
+    drop(hook);
+    for kind in ["MutatingAdmissionPolicyBinding", "MutatingAdmissionPolicy"] {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(by_policy.client.clone(), &ar);
+        let _ = api.delete(&policy, &DeleteParams::default()).await;
+    }
+}
