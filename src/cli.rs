@@ -264,6 +264,36 @@ pub enum Command {
     /// controller's role with your AWS credentials (the SDK's default chain) and write its
     /// AWSIAMRole and Secret, which the running controller adopts and keeps fresh.
     Bootstrap(BootstrapArgs),
+    /// The sidecar of the webhook's endpoint mode (docs/webhook.md): serve the mounted
+    /// Secret's credentials over the container credentials protocol on a loopback address,
+    /// to callers that send the pod's token.
+    ServeCredentials(ServeArgs),
+}
+
+#[derive(Clone, Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// The mounted Secret (the directory holding credentials.json).
+    #[arg(long, env = "KAIC_SERVE_DIR", default_value = "/meta/aws-iam")]
+    pub dir: std::path::PathBuf,
+    /// Address to serve on; keep it loopback: the SDKs accept plain HTTP only there.
+    #[arg(long, env = "KAIC_SERVE_LISTEN", default_value_t = SocketAddr::from(([127, 0, 0, 1], crate::serve::DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+    /// The token file the app containers read through AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE:
+    /// created with a random token at start (kept if it already holds one).
+    #[arg(
+        long,
+        env = "KAIC_SERVE_TOKEN_FILE",
+        default_value = "/meta/aws-iam-token/token"
+    )]
+    pub token_file: std::path::PathBuf,
+    /// Serve only credentials valid for longer than this; otherwise answer 503, which the
+    /// SDKs retry.
+    #[arg(long, env = "KAIC_SERVE_MIN_REMAINING", default_value = "5s", value_parser = duration)]
+    pub min_remaining: Duration,
+    /// Do not serve: ask the sidecar at --listen whether it serves valid credentials (exit 0)
+    /// or not (exit 1). The startup probe runs this.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 #[derive(Clone, Debug, ClapArgs)]
@@ -402,6 +432,15 @@ pub struct WebhookArgs {
     /// Also inject AWS_REGION and AWS_DEFAULT_REGION with this value.
     #[arg(long, env = "KAIC_WEBHOOK_REGION")]
     pub webhook_region: Option<String>,
+    /// How pods without the zalando.org/aws-iam-credentials annotation get their credentials:
+    /// process (the Secret mounted into every container) or endpoint (a sidecar serving the
+    /// container credentials protocol; needs --webhook-sidecar-image).
+    #[arg(long, env = "KAIC_WEBHOOK_CREDENTIALS", value_enum, default_value_t = crate::webhook::endpoint::Mode::Process)]
+    pub webhook_credentials: crate::webhook::endpoint::Mode,
+    /// The image of the endpoint mode's sidecar: the controller's own (the chart sets it from
+    /// the Deployment's image).
+    #[arg(long, env = "KAIC_WEBHOOK_SIDECAR_IMAGE")]
+    pub webhook_sidecar_image: Option<String>,
     /// Lifetime of the webhook's own CA (renewed when a third is left).
     #[arg(long, env = "KAIC_WEBHOOK_CA_LIFETIME", default_value = "365d", value_parser = duration)]
     pub webhook_ca_lifetime: Duration,
@@ -448,6 +487,13 @@ impl WebhookArgs {
             sans,
             tls,
             region: self.webhook_region.clone(),
+            delivery: crate::webhook::endpoint::Delivery {
+                default: self.webhook_credentials,
+                image: self
+                    .webhook_sidecar_image
+                    .clone()
+                    .filter(|i| !i.trim().is_empty()),
+            },
             watch_namespace,
             check_interval: self.webhook_check_interval,
         }

@@ -11,6 +11,7 @@ pub mod kubeclient;
 pub mod metrics;
 pub mod policy;
 pub mod runtime;
+pub mod serve;
 pub mod webhook;
 
 /// Errors of the reconcile loop and the process around it. Messages never contain credentials.

@@ -1,5 +1,5 @@
-//! Parses flags, sets up logging, and runs the controller (`runtime::run`) or the `bootstrap`
-//! subcommand. Everything else is in the library.
+//! Parses flags, sets up logging, and runs the controller (`runtime::run`), the `bootstrap`
+//! subcommand or the `serve-credentials` sidecar. Everything else is in the library.
 
 use std::process::ExitCode;
 
@@ -26,16 +26,16 @@ fn init_tracing(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = init_tracing(&args) {
         eprintln!("kube-aws-iam-controller: {e}");
         return ExitCode::from(2);
     }
+    // The credentials sidecar runs on its own single-threaded runtime (a pod pays for it).
     let result = match &args.command {
-        Some(Command::Bootstrap(b)) => bootstrap::run(b).await.map(|seeded| println!("{seeded}")),
-        None => runtime::run(args).await,
+        Some(Command::ServeCredentials(s)) => kube_aws_iam_controller::serve::main(s),
+        Some(Command::Bootstrap(_)) | None => controller_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -44,4 +44,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[tokio::main]
+async fn controller_main(args: Args) -> kube_aws_iam_controller::Result<()> {
+    if let Some(Command::Bootstrap(b)) = &args.command {
+        return bootstrap::run(b).await.map(|seeded| println!("{seeded}"));
+    }
+    runtime::run(args).await
 }

@@ -1229,7 +1229,8 @@ fn check_webhook(input: &[u8]) {
             role: RoleState::Missing,
             not_permitted: Some("not permitted".into()),
         };
-        let (res, label): (AdmissionResponse, &str) = review::respond(&req, &facts, region);
+        let (res, label): (AdmissionResponse, &str) =
+            review::respond(&req, &facts, region, &Default::default());
         assert!(
             res.warnings
                 .as_ref()

@@ -5,7 +5,9 @@
 //! - are the role from their first call (controller against moto),
 //! - keep working, without a restart, while the controller rotates the credentials (against the
 //!   STS double, which verifies every signature and rejects expired keys as STS does), and
-//! - with `credentials.process`, keep working at the kubelet's pace (180 s sessions, a 60 s
+//! - through the webhook's endpoint mode (the real `serve-credentials` sidecar on the volume,
+//!   only the injected environment) do the same, with no shell involved,
+//! - with `credentials.process` and through the endpoint, keep working at the kubelet's pace (180 s sessions, a 60 s
 //!   refresh window, 20-40 s for a change to reach the volume); a negative control with a
 //!   propagation slower than the refresh window shows the failures this test exists to catch.
 //!
@@ -30,7 +32,9 @@ use tokio::sync::OnceCell;
 
 use kube_aws_iam_controller::controller::Settings;
 use kube_aws_iam_controller::crd::AWSIAMRole;
+use kube_aws_iam_controller::webhook::endpoint;
 use support::kubelet::{MOUNT, PodUser, SecretVolume, VolumeSpec, container};
+use support::sidecar::Sidecar;
 use support::sts_double::StsDouble;
 use support::{
     BASE_ROLE_ARN, data, env, repo, role, run_controller, sts_issuer, test_settings, wait_for,
@@ -169,10 +173,15 @@ impl Sdk {
         }
     }
 
-    /// The variables that point the SDK at the volume's file for `config`.
+    /// The variables that point the SDK at the volume's file for `config` (for the endpoint:
+    /// what the webhook injects, but `AWS_EC2_METADATA_DISABLED`, which every run sets).
     fn file_variables(self, config: Config) -> Vec<(&'static str, String)> {
         let file = format!("{MOUNT}/{}", config.file());
         match (self, config) {
+            (_, Config::Endpoint) => endpoint::environment(None)
+                .into_iter()
+                .filter(|(k, _)| *k != "AWS_EC2_METADATA_DISABLED")
+                .collect(),
             // Java 1.x reads neither AWS_CONFIG_FILE nor AWS_SHARED_CREDENTIALS_FILE.
             (Sdk::Java1, _) => vec![("AWS_CREDENTIAL_PROFILES_FILE", file)],
             // As deploy/example-app.yaml sets them.
@@ -197,15 +206,23 @@ enum Config {
     CredentialProcess,
     /// `credentials`: static keys (with `aws_expiration`).
     StaticFile,
+    /// The webhook's endpoint mode: the `serve-credentials` sidecar reads `credentials.json`,
+    /// the SDK only gets `AWS_CONTAINER_CREDENTIALS_FULL_URI` and the token file.
+    Endpoint,
 }
 
-const CONFIGS: [Config; 2] = [Config::CredentialProcess, Config::StaticFile];
+const CONFIGS: [Config; 3] = [
+    Config::CredentialProcess,
+    Config::StaticFile,
+    Config::Endpoint,
+];
 
 impl Config {
     fn file(self) -> &'static str {
         match self {
             Config::CredentialProcess => "credentials.process",
             Config::StaticFile => "credentials",
+            Config::Endpoint => "credentials.json",
         }
     }
 
@@ -213,6 +230,7 @@ impl Config {
         match self {
             Config::CredentialProcess => "process",
             Config::StaticFile => "static",
+            Config::Endpoint => "endpoint",
         }
     }
 
@@ -221,6 +239,7 @@ impl Config {
         match self {
             Config::CredentialProcess => "credential_process",
             Config::StaticFile => "static file",
+            Config::Endpoint => "endpoint",
         }
     }
 }
@@ -403,7 +422,9 @@ impl Output {
 
 /// Runs `sdk`'s client as a container would: `volume` read-only at /meta/aws-iam in its own
 /// mount namespace, as the pod's non-root user, an empty home, and only the documented
-/// variables plus the local STS endpoint; `count` calls, `interval` apart.
+/// variables plus the local STS endpoint; `count` calls, `interval` apart. In endpoint mode
+/// the Secret is not mounted (an empty directory is), the pod's token volume is, and the
+/// endpoint URL names the port of this pod's `sidecar` (each pod has its own loopback).
 async fn run_client(
     clients: &Clients,
     sdk: Sdk,
@@ -411,9 +432,15 @@ async fn run_client(
     volume: &Path,
     sts_endpoint: &str,
     (count, interval): (u32, Duration),
+    sidecar: Option<&Sidecar>,
 ) -> Result<Output, String> {
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let no_secret = tempfile::tempdir().map_err(|e| e.to_string())?;
     let program = clients.program(sdk);
+    let volume = match config {
+        Config::Endpoint => no_secret.path(),
+        _ => volume,
+    };
     let mut cmd = container(
         volume,
         PodUser::default(),
@@ -426,6 +453,16 @@ async fn run_client(
         "--interval-ms".into(),
         interval.as_millis().to_string(),
     ]);
+    let mut vars = sdk.file_variables(config);
+    if config == Config::Endpoint {
+        let sidecar = sidecar.ok_or("endpoint mode without a sidecar")?;
+        cmd = sidecar.app(&cmd);
+        for (k, v) in &mut vars {
+            if *k == "AWS_CONTAINER_CREDENTIALS_FULL_URI" {
+                *v = sidecar.full_uri();
+            }
+        }
+    }
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home.path())
@@ -433,7 +470,7 @@ async fn run_client(
         // The SDKs read it themselves; Java 1.x does not, its client passes it on (tests/sdk/README.md).
         .env("AWS_ENDPOINT_URL_STS", sts_endpoint)
         .env(sdk.region_variable(), "us-east-1")
-        .envs(sdk.file_variables(config))
+        .envs(vars)
         .stdin(Stdio::null());
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
@@ -502,13 +539,16 @@ where
 // start
 // ---------------------------------------------------------------------------------------------
 
-/// One SDK's first call with `credential_process`, against moto: the role, with the Secret's key.
-async fn start(client: Client, clients: Arc<Clients>, sdk: Sdk) -> Result<(), String> {
+/// One SDK's first call with `credential_process` or through the endpoint, against moto: the
+/// role, with the Secret's key.
+async fn start(
+    client: Client,
+    clients: Arc<Clients>,
+    (sdk, config): (Sdk, Config),
+) -> Result<(), String> {
     let env = env().await;
-    let ns = env
-        .namespace(&client, &format!("sdk-start-{}", sdk.name()))
-        .await;
-    let role_name = format!("sdk-start-{}", sdk.name());
+    let role_name = format!("sdk-start-{}-{}", sdk.name(), config.slug());
+    let ns = env.namespace(&client, &role_name).await;
     let ctl = run_controller(
         &client,
         &ns,
@@ -527,15 +567,21 @@ async fn start(client: Client, clients: Arc<Clients>, sdk: Sdk) -> Result<(), St
     })
     .await;
     let volume = SecretVolume::start(env, &ns, APP, &VolumeSpec::default()).await;
+    let sidecar = match config {
+        Config::Endpoint => Some(Sidecar::start(&volume.dir).await),
+        _ => None,
+    };
     let out = run_client(
         &clients,
         sdk,
-        Config::CredentialProcess,
+        config,
         &volume.dir,
         &env.moto_endpoint,
         (1, Duration::from_secs(1)),
+        sidecar.as_ref(),
     )
     .await;
+    drop(sidecar);
     ctl.stop().await;
     let out = out?;
     let key: serde_json::Value = serde_json::from_str(&data(&secret, "credentials.json"))
@@ -564,13 +610,17 @@ async fn every_sdk_is_the_role_from_its_first_call() {
     let env = env().await;
     let client = env.client().await;
     let clients = clients().await;
-    let results = in_parallel(SDKS.to_vec(), |sdk| {
-        start(client.clone(), clients.clone(), sdk)
-    })
-    .await;
+    let cases: Vec<(Sdk, Config)> = SDKS
+        .iter()
+        .flat_map(|&sdk| [Config::CredentialProcess, Config::Endpoint].map(|c| (sdk, c)))
+        .collect();
+    let results = in_parallel(cases, |case| start(client.clone(), clients.clone(), case)).await;
     let failures: Vec<String> = results
         .into_iter()
-        .filter_map(|(sdk, r)| r.err().map(|e| format!("{}: {e}", sdk.name())))
+        .filter_map(|((sdk, config), r)| {
+            r.err()
+                .map(|e| format!("{} / {}: {e}", sdk.name(), config.column()))
+        })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -654,10 +704,25 @@ async fn rotation(
     .await;
     // The kubelet's part: its code keeps the volume up to date, at the pace's delay.
     let volume = SecretVolume::start(env, &ns, APP, &pace.volume).await;
+    let sidecar = match config {
+        Config::Endpoint => Some(Sidecar::start(&volume.dir).await),
+        _ => None,
+    };
     let issued_before = sts.issued_keys(&role_arn).len();
     let calls = (pace.calls(sdk), pace.interval);
     let started = tokio::time::Instant::now();
-    let out = run_client(&clients, sdk, config, &volume.dir, &sts.endpoint, calls).await;
+    let out = run_client(
+        &clients,
+        sdk,
+        config,
+        &volume.dir,
+        &sts.endpoint,
+        calls,
+        sidecar.as_ref(),
+    )
+    .await;
+    let sidecar_log = sidecar.as_ref().map(Sidecar::log);
+    drop(sidecar);
     let rotations = sts.issued_keys(&role_arn).len() - issued_before;
     let took = started.elapsed();
     let propagation = volume
@@ -668,7 +733,10 @@ async fn rotation(
         .collect();
     drop(volume);
     ctl.stop().await;
-    let out = out?;
+    let out = out.map_err(|e| match &sidecar_log {
+        Some(log) => format!("{e}\nsidecar log:\n{log}"),
+        None => e,
+    })?;
 
     let expected_arn = assumed_role_arn(&case, &ns);
     if let Some((arn, _)) = out.ok.iter().find(|(arn, _)| *arn != expected_arn) {
@@ -739,10 +807,11 @@ async fn sdks_keep_working_across_rotations_as_documented() {
             Err(e) => failures.push(format!("{name}: {e}")),
             Ok(m) => {
                 report.push_str(&format!("  {name}: {m}\n"));
-                if *config == Config::CredentialProcess && m.refresh != Outcome::Refreshes {
+                if *config != Config::StaticFile && m.refresh != Outcome::Refreshes {
                     failures.push(format!(
-                        "{name}: with credential_process the SDK must switch to the renewed \
-                         credentials without a failed call: {m}"
+                        "{name}: with {} the SDK must switch to the renewed credentials \
+                         without a failed call: {m}",
+                        config.column()
                     ));
                 }
                 let doc = documented.get(&(*sdk, *config));
@@ -759,8 +828,9 @@ async fn sdks_keep_working_across_rotations_as_documented() {
     assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
 }
 
-/// Every SDK reading `credentials.process` at the kubelet's pace: zero failed calls, and the
-/// renewed keys used. The runs of all SDKs go side by side (about six minutes in all).
+/// Every SDK reading `credentials.process`, and every SDK asking the endpoint sidecar, at the
+/// kubelet's pace: zero failed calls, and the renewed keys used. The runs of all SDKs go side
+/// by side (about six minutes in all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sdk_reading_credentials_process_survives_rotation_at_the_kubelets_pace() {
     let env = env().await;
@@ -768,7 +838,10 @@ async fn every_sdk_reading_credentials_process_survives_rotation_at_the_kubelets
     let clients = clients().await;
     let sts = Arc::new(StsDouble::start().await);
     let pace = Arc::new(Pace::kubelet());
-    let cases: Vec<(Sdk, Config)> = SDKS.map(|sdk| (sdk, Config::CredentialProcess)).to_vec();
+    let cases: Vec<(Sdk, Config)> = SDKS
+        .iter()
+        .flat_map(|&sdk| [Config::CredentialProcess, Config::Endpoint].map(|c| (sdk, c)))
+        .collect();
     let results = in_parallel(cases, |case| {
         rotation(
             client.clone(),
@@ -780,14 +853,15 @@ async fn every_sdk_reading_credentials_process_survives_rotation_at_the_kubelets
     })
     .await;
     let mut failures = Vec::new();
-    let mut report = String::from("measured at the kubelet's pace (credential_process):\n");
-    for ((sdk, _), result) in &results {
+    let mut report = String::from("measured at the kubelet's pace:\n");
+    for ((sdk, config), result) in &results {
+        let name = format!("{} / {}", sdk.name(), config.column());
         match result {
-            Err(e) => failures.push(format!("{}: {e}", sdk.name())),
+            Err(e) => failures.push(format!("{name}: {e}")),
             Ok(m) => {
-                report.push_str(&format!("  {}: {m}\n", sdk.name()));
+                report.push_str(&format!("  {name}: {m}\n"));
                 if m.failed_calls > 0 || m.refresh != Outcome::Refreshes {
-                    failures.push(format!("{}: {m}", sdk.name()));
+                    failures.push(format!("{name}: {m}"));
                 }
             }
         }
@@ -848,7 +922,7 @@ async fn rotation_fails_when_propagation_is_slower_than_the_refresh_window() {
 // ---------------------------------------------------------------------------------------------
 
 const DOCS: &str = "docs/sdk-configuration.md";
-const TABLE_HEADER: &str = "| SDK | version tested | region variable | credential_process environment | credential_process refresh | static file environment | static file refresh |";
+const TABLE_HEADER: &str = "| SDK | version tested | region variable | credential_process environment | credential_process refresh | static file environment | static file refresh | endpoint environment | endpoint refresh |";
 
 /// One row of the docs' support matrix, cells trimmed.
 struct Row {
@@ -883,9 +957,11 @@ fn docs_table() -> BTreeMap<String, Row> {
             process_refresh,
             static_env,
             static_refresh,
+            endpoint_env,
+            endpoint_refresh,
         ] = cells[..]
         else {
-            panic!("{DOCS}: a row of the SDK table does not have 7 cells: {line}");
+            panic!("{DOCS}: a row of the SDK table does not have 9 cells: {line}");
         };
         let row = Row {
             version: version.to_string(),
@@ -893,11 +969,13 @@ fn docs_table() -> BTreeMap<String, Row> {
             environment: [
                 (Config::CredentialProcess, code_spans(process_env)),
                 (Config::StaticFile, code_spans(static_env)),
+                (Config::Endpoint, code_spans(endpoint_env)),
             ]
             .into(),
             refresh: [
                 (Config::CredentialProcess, process_refresh.to_string()),
                 (Config::StaticFile, static_refresh.to_string()),
+                (Config::Endpoint, endpoint_refresh.to_string()),
             ]
             .into(),
         };

@@ -39,6 +39,7 @@ fn settings(ns: &str, lifetimes: Lifetimes) -> Settings {
         sans: vec!["127.0.0.1".into()],
         tls: TlsSource::SelfManaged(lifetimes),
         region: None,
+        delivery: Default::default(),
         watch_namespace: None,
         check_interval: Duration::from_millis(300),
     }
@@ -790,6 +791,48 @@ fn the_injected_environment_covers_every_row_of_the_sdk_matrix() {
     assert!(injected.contains(&"AWS_EC2_METADATA_DISABLED=true".to_string()));
 }
 
+#[test]
+fn the_endpoint_modes_environment_is_the_sdk_matrixs_endpoint_column() {
+    // Every row's endpoint environment (measured by tests/sdk.rs) is injected, and nothing but
+    // it and AWS_EC2_METADATA_DISABLED.
+    let text =
+        std::fs::read_to_string(support::repo().join("docs/sdk-configuration.md")).expect("docs");
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("| SDK | version tested |"))
+        .expect("the SDK table");
+    let column = header
+        .trim_matches('|')
+        .split('|')
+        .position(|c| c.trim() == "endpoint environment")
+        .expect("an endpoint environment column");
+    let mut injected: Vec<String> = kube_aws_iam_controller::webhook::endpoint::environment(None)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .filter(|kv| kv != "AWS_EC2_METADATA_DISABLED=true")
+        .collect();
+    injected.sort();
+    let mut rows = 0;
+    for line in text
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let mut spans: Vec<String> = cells[column]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        spans.sort();
+        assert_eq!(spans, injected, "{}", cells[0]);
+        rows += 1;
+    }
+    assert!(rows >= 7, "the SDK table has {rows} rows");
+}
+
 #[tokio::test]
 async fn the_shipped_rbac_is_enough_to_serve_admissions_and_rotate_the_certificate() {
     use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -957,4 +1000,244 @@ async fn certificate_files_are_served_and_reloaded_when_they_change() {
     set_bundle(two.bundle()).await;
     wait_until_serving(&s.client, &s.ns).await;
     drop(hook);
+}
+
+/// Endpoint mode through the real API server (which validates the native sidecar: a startup
+/// probe is allowed on an init container only with `restartPolicy: Always`), passing the
+/// webhook twice: the annotated pod gets the sidecar first and the endpoint environment, its
+/// containers no Secret mount; a pod without the annotation is wired as before; an unknown
+/// mode is refused.
+#[tokio::test]
+async fn an_endpoint_pod_gets_the_native_sidecar_and_no_secret_mount_through_the_api_server() {
+    use kube_aws_iam_controller::webhook::endpoint::{self, Delivery, MODE_ANNOTATION, Mode};
+    let s = support::scene("hook-endpoint").await;
+    let image = "registry.example/kube-aws-iam-controller:test";
+    let mut settings = settings(&s.ns, lifetimes());
+    settings.delivery = Delivery {
+        default: Mode::Process,
+        image: Some(image.into()),
+    };
+    let hook = start(&s.client, settings, true).await;
+    install(
+        &s.client,
+        &configuration(&format!("kaic-{}", s.ns), hook.addr.port(), &[&s.ns], true),
+    )
+    .await;
+    wait_until_serving(&s.client, &s.ns).await;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    let annotated = |name: &str, mode: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {ROLE_LABEL: "app"},
+                         "annotations": {MODE_ANNOTATION: mode}},
+            "spec": {"initContainers": [{"name": "migrate", "image": "m"}],
+                     "containers": [{"name": "main", "image": "distroless"}]}
+        }))
+        .expect("pod")
+    };
+    let pod = pods
+        .create(&PostParams::default(), &annotated("ep", "endpoint"))
+        .await
+        .expect("the API server admits the mutated pod");
+    let spec = pod.spec.as_ref().expect("spec");
+    let inits = spec.init_containers.as_ref().expect("init containers");
+    assert_eq!(
+        inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        [endpoint::SIDECAR_NAME, "migrate"],
+        "one sidecar, first, after two passes"
+    );
+    assert_eq!(inits[0].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(inits[0].image.as_deref(), Some(image));
+    assert!(inits[0].startup_probe.is_some());
+    for c in inits[1..].iter().chain(&spec.containers) {
+        let env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        let want: Vec<(String, String)> = endpoint::environment(None)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(env, want, "{}", c.name);
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [endpoint::TOKEN_DIR], "{}", c.name);
+    }
+    let plain = pods
+        .create(&PostParams::default(), &labelled_pod("process", "app"))
+        .await
+        .expect("pod");
+    assert_eq!(
+        env_of(&plain).len(),
+        mutate::environment(None).len(),
+        "no annotation: the Secret mount as before"
+    );
+    assert!(
+        plain
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_none()
+    );
+    let refused = pods
+        .create(&PostParams::default(), &annotated("bad", "sidecar"))
+        .await
+        .expect_err("an unknown mode is refused");
+    assert!(
+        refused.to_string().contains("neither process nor endpoint"),
+        "{refused}"
+    );
+    drop(hook);
+}
+
+/// Installs deploy/webhook-policy.yaml under `name`, bound to namespace `ns` only.
+async fn install_policy(client: &Client, name: &str, ns: &str) {
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/webhook-policy.yaml")).expect("yaml");
+    for mut doc in serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| <Value as serde::Deserialize>::deserialize(d).ok())
+        .filter(|d| d.is_object())
+    {
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        doc["metadata"]["name"] = json!(name);
+        if kind == "MutatingAdmissionPolicyBinding" {
+            doc["spec"]["policyName"] = json!(name);
+            doc["spec"]["matchResources"]["namespaceSelector"] = json!({
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}]
+            });
+        }
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            &kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let obj: DynamicObject = serde_json::from_value(doc).expect("object");
+        api.patch(
+            name,
+            &PatchParams::apply("kaic-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+}
+
+/// The MutatingAdmissionPolicy's endpoint mode gives each pod shape exactly the spec the
+/// webhook gives it (both as stored by the API server, after its defaults), and a second pass
+/// of either changes nothing.
+#[tokio::test]
+async fn the_mutating_admission_policy_wires_endpoint_pods_as_the_webhook_does() {
+    use kube_aws_iam_controller::webhook::endpoint::{Delivery, MODE_ANNOTATION, Mode};
+    let by_hook = support::scene("ep-hook").await;
+    let by_policy = support::scene("ep-policy").await;
+    let text =
+        std::fs::read_to_string(support::repo().join("deploy/webhook-policy.yaml")).expect("yaml");
+    let image = text
+        .split("expression: \"'")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .filter(|i| i.contains("kube-aws-iam-controller"))
+        .expect("the policy's image variable")
+        .to_string();
+    let mut settings = settings(&by_hook.ns, lifetimes());
+    settings.delivery = Delivery {
+        default: Mode::Process,
+        image: Some(image),
+    };
+    let hook = start(&by_hook.client, settings, true).await;
+    install(
+        &by_hook.client,
+        &configuration(
+            &format!("kaic-{}", by_hook.ns),
+            hook.addr.port(),
+            &[&by_hook.ns],
+            false,
+        ),
+    )
+    .await;
+    let policy = format!("kaic-{}", by_policy.ns);
+    install_policy(&by_policy.client, &policy, &by_policy.ns).await;
+    wait_until_serving(&by_hook.client, &by_hook.ns).await;
+    wait_until_serving(&by_policy.client, &by_policy.ns).await;
+
+    let shapes = [
+        json!({"containers": [{"name": "app", "image": "distroless"}]}),
+        json!({"initContainers": [{"name": "migrate", "image": "m", "env": [{"name": "X", "value": "1"}]}],
+               "containers": [{"name": "app", "image": "a"}, {"name": "b", "image": "b"}]}),
+        json!({"volumes": [{"name": "creds", "secret": {"secretName": "app"}}],
+               "containers": [{"name": "app", "image": "a",
+                               "env": [{"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]}]}),
+        json!({"volumes": [{"name": "aws-iam-token", "configMap": {"name": "x"}}],
+               "containers": [{"name": "app", "image": "a"}]}),
+    ];
+    let spec_of = |pod: &Pod| -> Value {
+        let mut spec = serde_json::to_value(pod.spec.as_ref().expect("spec")).expect("json");
+        spec.as_object_mut().map(|o| o.remove("nodeName"));
+        spec
+    };
+    for (i, shape) in shapes.iter().enumerate() {
+        let mut shape = shape.clone();
+        shape["automountServiceAccountToken"] = json!(false);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("shape-{i}"), "labels": {ROLE_LABEL: "app"},
+                         "annotations": {MODE_ANNOTATION: "endpoint"}},
+            "spec": shape
+        }))
+        .expect("pod");
+        let mut specs = Vec::new();
+        for s in [&by_hook, &by_policy] {
+            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+            let stored = pods
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap_or_else(|e| panic!("shape {i} in {}: {e}", s.ns));
+            let mut again = stored.clone();
+            again.metadata = ObjectMeta {
+                name: Some(format!("shape-{i}-again")),
+                labels: stored.metadata.labels.clone(),
+                annotations: stored.metadata.annotations.clone(),
+                ..Default::default()
+            };
+            let again = pods
+                .create(&PostParams::default(), &again)
+                .await
+                .expect("second pass");
+            assert_eq!(
+                spec_of(&again),
+                spec_of(&stored),
+                "shape {i} in {}: second pass",
+                s.ns
+            );
+            specs.push(spec_of(&stored));
+        }
+        assert_eq!(
+            specs[0], specs[1],
+            "shape {i}: webhook (left) and policy (right) differ"
+        );
+        let inits = specs[0]["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            inits.first().map(|c| c["name"].clone()),
+            (i != 3).then(|| json!("aws-iam-credentials")),
+            "shape {i}: the sidecar first (none when a volume name is taken)"
+        );
+    }
+    drop(hook);
+    for kind in ["MutatingAdmissionPolicyBinding", "MutatingAdmissionPolicy"] {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ));
+        let api: Api<DynamicObject> = Api::all_with(by_policy.client.clone(), &ar);
+        let _ = api.delete(&policy, &DeleteParams::default()).await;
+    }
 }

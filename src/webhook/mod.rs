@@ -4,6 +4,7 @@
 //! certificate and keeps the webhook configuration's `caBundle` current.
 
 pub mod certs;
+pub mod endpoint;
 pub mod mutate;
 pub mod review;
 pub mod server;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub tls: TlsSource,
     /// Region variables to inject, if any.
     pub region: Option<String>,
+    /// Secret mount or credentials sidecar (docs/webhook.md).
+    pub delivery: endpoint::Delivery,
     /// Watch AWSIAMRoles and ServiceAccounts in this namespace only.
     pub watch_namespace: Option<String>,
     /// How often the leader checks the certificate, and file mode re-reads the files.
@@ -120,6 +123,7 @@ struct Shared {
     accounts: Store<PartialObjectMeta<ServiceAccount>>,
     roles_ready: AtomicBool,
     region: Option<String>,
+    delivery: endpoint::Delivery,
     metrics: Arc<Metrics>,
     policy: Option<PolicyCheck>,
 }
@@ -134,6 +138,11 @@ pub async fn start(
 ) -> Result<Handle, crate::Error> {
     if let TlsSource::SelfManaged(l) = &settings.tls {
         l.validate().map_err(crate::Error::Config)?;
+    }
+    if settings.delivery.default == endpoint::Mode::Endpoint && settings.delivery.image.is_none() {
+        return Err(crate::Error::Config(
+            "--webhook-credentials=endpoint needs --webhook-sidecar-image".into(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
@@ -154,6 +163,7 @@ pub async fn start(
         accounts,
         roles_ready: AtomicBool::new(false),
         region: settings.region.clone(),
+        delivery: settings.delivery.clone(),
         metrics: metrics.clone(),
         policy,
     });
@@ -259,7 +269,7 @@ impl Shared {
             role,
             not_permitted,
         };
-        review::respond(&req, &facts, self.region.as_deref())
+        review::respond(&req, &facts, self.region.as_deref(), &self.delivery)
     }
 
     /// From the cache; a ServiceAccount the cache has not seen yet (created a moment ago) is
@@ -596,6 +606,10 @@ mod tests {
             accounts,
             roles_ready: AtomicBool::new(true),
             region: None,
+            delivery: endpoint::Delivery {
+                default: endpoint::Mode::Process,
+                image: Some("controller:test".into()),
+            },
             metrics: Arc::new(Metrics::new()),
             policy: Some(Arc::new(|role: &AWSIAMRole| {
                 (role.name_any() == "failing").then(|| "namespace team permits only app-*".into())

@@ -237,7 +237,7 @@ fn inject(
     }
 }
 
-fn bounded(mut warnings: Vec<String>) -> Vec<String> {
+pub(crate) fn bounded(mut warnings: Vec<String>) -> Vec<String> {
     if warnings.len() > MAX_WARNINGS {
         let more = warnings.len() - (MAX_WARNINGS - 1);
         warnings.truncate(MAX_WARNINGS - 1);

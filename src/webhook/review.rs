@@ -3,6 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
+use super::endpoint::{self, Delivery, Mode};
 use super::mutate::{self, Choice, Injection};
 
 /// What the caches say about the AWSIAMRole a pod names.
@@ -52,11 +53,13 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionRespons
     })
 }
 
-/// The response for `req`, and its metric label.
+/// The response for `req`, and its metric label; `delivery` chooses between the Secret mount
+/// and the credentials sidecar (src/webhook/endpoint.rs).
 pub fn respond(
     req: &AdmissionRequest<Pod>,
     facts: &Facts,
     region: Option<&str>,
+    delivery: &Delivery,
 ) -> (AdmissionResponse, &'static str) {
     let res = AdmissionResponse::from(req);
     let (Some(pod), Operation::Create) = (req.object.as_ref(), &req.operation) else {
@@ -76,13 +79,24 @@ pub fn respond(
         );
     }
     let ns = req.namespace.as_deref().unwrap_or("default");
-    let m = mutate::mutate(
-        pod,
-        &Injection {
-            role: role.to_string(),
-            region: region.map(str::to_string),
-        },
-    );
+    let injection = Injection {
+        role: role.to_string(),
+        region: region.map(str::to_string),
+    };
+    let m = match (delivery.mode_for(pod), delivery.image.as_deref()) {
+        (Err(why), _) => return (res.deny(why), result::DENIED),
+        (Ok(Mode::Process), _) => mutate::mutate(pod, &injection),
+        (Ok(Mode::Endpoint), Some(image)) => endpoint::mutate(pod, &injection, image),
+        (Ok(Mode::Endpoint), None) => {
+            return (
+                res.deny(format!(
+                    "{} endpoint: this webhook has no --webhook-sidecar-image to run the credentials sidecar with",
+                    endpoint::MODE_ANNOTATION
+                )),
+                result::DENIED,
+            );
+        }
+    };
     let mut warnings = Vec::new();
     match &facts.role {
         RoleState::Missing => warnings.push(format!(

@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod pod;
 pub mod proxy;
 pub mod runner;
+pub mod sidecar;
 pub mod sts_double;
 pub mod wait;
 pub mod watch_fault;
