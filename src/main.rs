@@ -139,7 +139,9 @@ async fn run(args: Args) -> Result<()> {
         ready: ready.clone(),
         alive: alive.clone(),
         leadership: leadership.clone(),
+        webhook: args.webhook.webhook.then(admin::WebhookCerts::default),
     };
+    let webhook_certs = admin_state.webhook.clone();
     let admin_addr = args.runtime.admin_addr;
     let listener = tokio::net::TcpListener::bind(admin_addr)
         .await
@@ -261,6 +263,11 @@ async fn run(args: Args) -> Result<()> {
             )
             .await?,
         )
+        .inspect(|hook| {
+            if let Some(slot) = &webhook_certs {
+                let _ = slot.set(hook.certs.clone());
+            }
+        })
     } else {
         None
     };
