@@ -1,8 +1,7 @@
 //! Admin HTTP server: `/healthz` (the loops run; it answers from the start, before discovery or
-//! the first election step), `/readyz` (caches synced; never depends on leadership), `/metrics`
-//! (OpenMetrics text format).
+//! the first election step), `/readyz` (caches synced and, with the webhook on, its certificate
+//! loaded; never depends on leadership), `/metrics` (OpenMetrics text format).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
@@ -13,6 +12,12 @@ use axum::routing::get;
 
 use crate::controller::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::webhook::server::CertStore;
+use std::sync::{Arc, OnceLock};
+
+/// The webhook's certificate store, once the webhook has started (set once by
+/// `runtime::Process::launch`).
+pub type WebhookCerts = Arc<OnceLock<Arc<CertStore>>>;
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -25,6 +30,24 @@ pub struct AdminState {
     pub alive: Arc<AtomicBool>,
     /// The election loop, which is wedged if it neither leads nor competes.
     pub leadership: Leadership,
+    /// With the webhook on: ready only once it serves a certificate, so the Service never
+    /// routes an admission to a replica that cannot complete the TLS handshake.
+    pub webhook: Option<WebhookCerts>,
+}
+
+/// Why this replica is not ready, if it is not.
+fn not_ready(s: &AdminState) -> Option<&'static str> {
+    if !s.ready.load(Ordering::SeqCst) {
+        return Some(
+            "not ready: AWSIAMRole, Secret or Namespace caches not synced (is the CRD installed?)\n",
+        );
+    }
+    match &s.webhook {
+        Some(certs) if !certs.get().is_some_and(|c| c.is_loaded()) => {
+            Some("not ready: the webhook has no serving certificate yet\n")
+        }
+        _ => None,
+    }
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,13 +75,9 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: AWSIAMRole, Secret or Namespace caches not synced (is the CRD installed?)\n",
-        )
+    match not_ready(&s) {
+        None => (StatusCode::OK, "ready\n"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -95,6 +114,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             alive: Arc::new(AtomicBool::new(true)),
             leadership,
+            webhook: None,
         };
         let status = |s: AdminState| async { healthz(State(s)).await.into_response().status() };
         // Healthy from the start, before any election step (or discovery) finished.
@@ -107,5 +127,45 @@ mod tests {
         );
         state.alive.store(false, Ordering::SeqCst);
         assert_eq!(status(state).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_webhook_certificate_when_the_webhook_is_on() {
+        let metrics = Arc::new(Metrics::new());
+        let certs: WebhookCerts = Arc::new(OnceLock::new());
+        let state = AdminState {
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            alive: Arc::new(AtomicBool::new(true)),
+            leadership: Leadership::always(),
+            webhook: Some(certs.clone()),
+        };
+        let status = |s: AdminState| async { readyz(State(s)).await.into_response().status() };
+        assert_eq!(
+            status(state.clone()).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook not started"
+        );
+        let store = Arc::new(CertStore::default());
+        assert!(certs.set(store.clone()).is_ok());
+        assert_eq!(
+            status(state.clone()).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no certificate yet"
+        );
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(store.load(&cert.pem(), &key.serialize_pem()), Ok(true));
+        assert_eq!(status(state.clone()).await, StatusCode::OK);
+        let off = AdminState {
+            webhook: None,
+            ..state
+        };
+        assert_eq!(
+            status(off).await,
+            StatusCode::OK,
+            "webhook off: caches are enough"
+        );
     }
 }

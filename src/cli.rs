@@ -106,6 +106,7 @@ impl Args {
                 }),
             admin_addr: Some(self.runtime.admin_addr),
             shutdown_timeout: l.shutdown_timeout,
+            webhook: self.webhook.webhook,
         }
     }
 }

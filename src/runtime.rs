@@ -62,6 +62,8 @@ pub struct ProcessSettings {
     /// How long in-flight reconciles may take after the shutdown request before the Lease is
     /// left to expire instead of released.
     pub shutdown_timeout: Duration,
+    /// The admission webhook will run: `/readyz` then also waits for its certificate.
+    pub webhook: bool,
 }
 
 /// A process whose admin server answers and whose leadership handle exists; nothing talks to
@@ -73,6 +75,8 @@ pub struct Process {
     elector: Option<Elector>,
     ready: Arc<AtomicBool>,
     alive: Arc<AtomicBool>,
+    /// Where `/readyz` finds the webhook's certificate, once the webhook has started.
+    webhook_certs: Option<admin::WebhookCerts>,
     /// The admin server's bound address.
     pub admin_addr: Option<SocketAddr>,
     admin: Option<JoinHandle<()>>,
@@ -119,6 +123,7 @@ impl Process {
         };
         let ready = Arc::new(AtomicBool::new(false));
         let alive = Arc::new(AtomicBool::new(true));
+        let webhook_certs = settings.webhook.then(admin::WebhookCerts::default);
         let (admin_addr, admin) = match settings.admin_addr {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -130,6 +135,7 @@ impl Process {
                     ready: ready.clone(),
                     alive: alive.clone(),
                     leadership: leadership.clone(),
+                    webhook: webhook_certs.clone(),
                 };
                 let server = tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, admin::router(state)).await {
@@ -147,6 +153,7 @@ impl Process {
             elector,
             ready,
             alive,
+            webhook_certs,
             admin_addr,
             admin,
         })
@@ -183,6 +190,9 @@ impl Process {
             }
             None => None,
         };
+        if let (Some(slot), Some(hook)) = (&self.webhook_certs, &webhook) {
+            let _ = slot.set(hook.certs.clone());
+        }
         let (resign_tx, resign_rx) = tokio::sync::oneshot::channel::<Resign>();
         let election = match (self.settings.election.clone(), self.elector.take()) {
             (Some(lease), Some(elector)) => {

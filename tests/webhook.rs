@@ -1241,3 +1241,107 @@ async fn the_mutating_admission_policy_wires_endpoint_pods_as_the_webhook_does()
         let _ = api.delete(&policy, &DeleteParams::default()).await;
     }
 }
+
+/// Issue 25: the certificate used to appear one check interval (30 s) after install, because
+/// rotation looked at leadership once, before the election had taken the Lease, and then slept.
+/// With a check interval far longer than the test, the certificate must appear as soon as the
+/// replica leads; both writes carry the controller's field manager, and the caBundle is patched
+/// without taking over the rest of the configuration. (Failed on the old code: no certificate
+/// within 60 s, the Secret and caBundle written by manager "unknown".)
+#[tokio::test]
+async fn rotation_starts_as_soon_as_the_replica_leads_and_writes_as_the_controller() {
+    let s = support::scene("hook-lead").await;
+    let mut st = settings(&s.ns, lifetimes());
+    st.check_interval = Duration::from_secs(600);
+    st.configuration = format!("kaic-lead-{}", s.ns);
+    let leads = Arc::new(AtomicBool::new(false));
+    let flag = leads.clone();
+    let hook = webhook::start(
+        s.client.clone(),
+        st.clone(),
+        Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
+        Arc::new(move || flag.load(Ordering::SeqCst)),
+        None,
+    )
+    .await
+    .expect("webhook starts");
+    install(
+        &s.client,
+        &configuration(&st.configuration, hook.addr.port(), &[&s.ns], true),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        secrets.get_opt(&st.secret).await.expect("read").is_none(),
+        "a replica that does not lead wrote the certificate"
+    );
+    let became_leader = std::time::Instant::now();
+    leads.store(true, Ordering::SeqCst);
+    wait_for_within(
+        "the certificate once the replica leads",
+        Duration::from_secs(60),
+        || {
+            let secrets = secrets.clone();
+            let name = st.secret.clone();
+            async move { secrets.get_opt(&name).await.ok().flatten() }
+        },
+    )
+    .await;
+    println!(
+        "certificate written {:.2}s after the replica became leader (check interval 600 s)",
+        became_leader.elapsed().as_secs_f64()
+    );
+    wait_until_serving(&s.client, &s.ns).await;
+    let managers = |fields: Option<
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>,
+    >|
+     -> Vec<(String, String)> {
+        fields
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let owned = m.fields_v1.map(|f| f.0.to_string()).unwrap_or_default();
+                (m.manager.unwrap_or_default(), owned)
+            })
+            .collect()
+    };
+    let secret = secrets.get(&st.secret).await.expect("secret");
+    let secret_managers = managers(secret.metadata.managed_fields);
+    assert!(
+        secret_managers
+            .iter()
+            .all(|(m, _)| m == "kube-aws-iam-controller"),
+        "{secret_managers:?}"
+    );
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(s.client.clone());
+    let mwc = mwcs.get(&st.configuration).await.expect("configuration");
+    let mwc_managers = managers(mwc.metadata.managed_fields.clone());
+    let ours: Vec<&String> = mwc_managers
+        .iter()
+        .filter(|(m, _)| m == "kube-aws-iam-controller")
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(ours.len(), 1, "{mwc_managers:?}");
+    assert!(ours[0].contains("caBundle"), "{}", ours[0]);
+    for field in ["failurePolicy", "objectSelector", "rules", "sideEffects"] {
+        assert!(
+            !ours[0].contains(field),
+            "the controller took over {field}: {}",
+            ours[0]
+        );
+    }
+    assert!(
+        mwc_managers.iter().all(|(m, _)| m != "unknown"),
+        "{mwc_managers:?}"
+    );
+    for w in mwc.webhooks.iter().flatten() {
+        assert!(
+            w.client_config.ca_bundle.is_some(),
+            "{} has no caBundle",
+            w.name
+        );
+    }
+    drop(hook);
+}

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod endpoint;
 pub mod mutate;
 pub mod review;
+pub mod rotation;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -21,13 +22,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use chrono::Utc;
 use futures::StreamExt;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::core::admission::AdmissionResponse;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -196,13 +193,13 @@ pub async fn start(
 
     match &settings.tls {
         TlsSource::SelfManaged(l) => {
-            tasks.push(tokio::spawn(follow_secret(
+            tasks.push(tokio::spawn(rotation::follow_secret(
                 client.clone(),
                 settings.clone(),
                 certs.clone(),
                 metrics.clone(),
             )));
-            tasks.push(tokio::spawn(rotate(
+            tasks.push(tokio::spawn(rotation::rotate(
                 client.clone(),
                 settings.clone(),
                 *l,
@@ -210,7 +207,7 @@ pub async fn start(
             )));
         }
         TlsSource::Files { cert, key } => {
-            tasks.push(tokio::spawn(follow_files(
+            tasks.push(tokio::spawn(rotation::follow_files(
                 cert.clone(),
                 key.clone(),
                 settings.check_interval,
@@ -325,7 +322,7 @@ impl Shared {
     }
 }
 
-fn owned(secret: &Secret) -> bool {
+pub(crate) fn owned(secret: &Secret) -> bool {
     secret
         .labels()
         .get(TLS_SECRET_COMPONENT.0)
@@ -341,184 +338,12 @@ pub fn material(secret: &Secret) -> Option<Material> {
     serde_json::from_slice(&raw.0).ok()
 }
 
-fn secret_for(settings: &Settings, m: &Material, resource_version: Option<String>) -> Secret {
-    let mut data = std::collections::BTreeMap::new();
-    let json = serde_json::to_vec(m).unwrap_or_default();
-    data.insert(certs::STATE_KEY.to_string(), ByteString(json));
-    data.insert("ca.crt".into(), ByteString(m.bundle().into_bytes()));
-    if let Some(s) = &m.serving {
-        data.insert("tls.crt".into(), ByteString(s.cert.clone().into_bytes()));
-        data.insert("tls.key".into(), ByteString(s.key.clone().into_bytes()));
-    }
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(settings.secret.clone()),
-            namespace: Some(settings.namespace.clone()),
-            labels: Some(
-                [TLS_SECRET_COMPONENT, MANAGED_BY]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            resource_version,
-            ..Default::default()
-        },
-        data: Some(data),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    }
-}
-
-/// The leader's loop: create or rotate the certificate, keep the `caBundle` current.
-async fn rotate(client: Client, settings: Settings, lifetimes: Lifetimes, is_leader: IsLeader) {
-    loop {
-        if is_leader()
-            && let Err(e) = rotate_once(&client, &settings, &lifetimes).await
-        {
-            warn!(error = %e, "webhook certificate: will retry");
-        }
-        tokio::time::sleep(settings.check_interval).await;
-    }
-}
-
-async fn rotate_once(
-    client: &Client,
-    settings: &Settings,
-    lifetimes: &Lifetimes,
-) -> Result<(), String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
-    let existing = api.get_opt(&settings.secret).await.map_err(|e| {
-        format!(
-            "read Secret {}/{}: {e}",
-            settings.namespace, settings.secret
-        )
-    })?;
-    let current = match &existing {
-        Some(s) if !owned(s) => {
-            return Err(format!(
-                "Secret {}/{} exists without the label {}={}: not overwritten",
-                settings.namespace, settings.secret, TLS_SECRET_COMPONENT.0, TLS_SECRET_COMPONENT.1
-            ));
-        }
-        Some(s) => material(s).unwrap_or_default(),
-        None => Material::default(),
-    };
-    let now = Utc::now();
-    let step = certs::plan(&current, &settings.sans, now, lifetimes);
-    let mut next = certs::apply(&step, &current, &settings.sans, now, lifetimes)
-        .map_err(|e| format!("generate certificate: {e}"))?;
-    publish_bundle(client, &settings.configuration, &next.bundle())
-        .await
-        .map_err(|e| format!("update caBundle of {}: {e}", settings.configuration))?;
-    if let Some(n) = next.next_ca.as_mut()
-        && n.published_at.is_none()
-    {
-        n.published_at = Some(now);
-    }
-    if next == current && existing.is_some() {
-        return Ok(());
-    }
-    info!(step = ?step, secret = %settings.secret, "webhook certificate updated");
-    let rv = existing.and_then(|s| s.metadata.resource_version);
-    let secret = secret_for(settings, &next, rv.clone());
-    let written = match rv {
-        Some(_) => {
-            api.replace(&settings.secret, &PostParams::default(), &secret)
-                .await
-        }
-        None => api.create(&PostParams::default(), &secret).await,
-    };
-    written.map(|_| ()).map_err(|e| {
-        format!(
-            "write Secret {}/{}: {e}",
-            settings.namespace, settings.secret
-        )
-    })
-}
-
-/// Sets `bundle` as the `caBundle` of every webhook in the configuration (absent: nothing to do).
-async fn publish_bundle(client: &Client, name: &str, bundle: &str) -> Result<(), kube::Error> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(mut mwc) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    let want = ByteString(bundle.as_bytes().to_vec());
-    let mut changed = false;
-    for w in mwc.webhooks.iter_mut().flatten() {
-        if w.client_config.ca_bundle.as_ref() != Some(&want) {
-            w.client_config.ca_bundle = Some(want.clone());
-            changed = true;
-        }
-    }
-    if changed {
-        api.replace(name, &PostParams::default(), &mwc).await?;
-        info!(configuration = name, "caBundle updated");
-    }
-    Ok(())
-}
-
-/// Every replica: serve the certificate in the Secret, switching as soon as it changes.
-async fn follow_secret(
-    client: Client,
-    settings: Settings,
-    certs: Arc<server::CertStore>,
-    metrics: Arc<Metrics>,
-) {
-    let api: Api<Secret> = Api::namespaced(client, &settings.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.secret));
-    let stream = watcher(api, config).default_backoff().applied_objects();
-    tokio::pin!(stream);
-    while let Some(event) = stream.next().await {
-        let Ok(secret) = event else { continue };
-        let Some(serving) = material(&secret).and_then(|m| m.serving) else {
-            continue;
-        };
-        match certs.load(&serving.cert, &serving.key) {
-            Ok(true) => {
-                info!(issuer = %serving.issuer, not_after = %serving.not_after, "serving the webhook certificate");
-                metrics.webhook_certificate_expiry(serving.not_after.timestamp() as f64);
-            }
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "webhook certificate in the Secret is unusable"),
-        }
-    }
-}
-
-/// File mode: re-read the files every interval and switch when they change.
-async fn follow_files(
-    cert: PathBuf,
-    key: PathBuf,
-    interval: Duration,
-    certs: Arc<server::CertStore>,
-) {
-    loop {
-        match (
-            tokio::fs::read_to_string(&cert).await,
-            tokio::fs::read_to_string(&key).await,
-        ) {
-            (Ok(c), Ok(k)) => match certs.load(&c, &k) {
-                Ok(true) => {
-                    info!(cert = %cert.display(), "serving the webhook certificate from files")
-                }
-                Ok(false) => {}
-                // A half-written pair (certificate updated, key not yet): the next read fixes it.
-                Err(e) => {
-                    warn!(error = %e, "webhook certificate files unusable; keeping the last good ones")
-                }
-            },
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "cannot read the webhook certificate files")
-            }
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
     use http::Request;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
     use tower::ServiceExt;
