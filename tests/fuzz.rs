@@ -472,7 +472,7 @@ fn allowed_roles() -> impl Strategy<Value = String> {
         1 => "\\PC{0,12}",
     ];
     prop_oneof![
-        8 => prop::collection::vec(glob.clone(), 0..6)
+        40 => prop::collection::vec(glob.clone(), 0..6)
             .prop_map(|v| serde_json::to_string(&v).expect("json")),
         1 => prop::collection::vec(glob, 250..262)
             .prop_map(|v| serde_json::to_string(&v).expect("json")),
