@@ -36,9 +36,18 @@ pub mod result {
     pub const ERROR: &str = "error";
 }
 
-/// The request in an AdmissionReview body, or the response refusing a body that is not one.
-/// The error quotes no part of the body: only where decoding stopped.
+/// The largest AdmissionReview the webhook decodes (docs/webhook.md): a pod of 50 containers
+/// with 100 variables each is about a third of it. A larger one is refused before its pod is
+/// decoded.
+pub const MAX_REVIEW_BYTES: usize = 1024 * 1024;
+
+/// The request in an AdmissionReview body, or the response refusing a body that is not one or
+/// is larger than [`MAX_REVIEW_BYTES`]. The error quotes no part of the body: only where
+/// decoding stopped.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionResponse>> {
+    if body.len() > MAX_REVIEW_BYTES {
+        return Err(Box::new(too_large(body)));
+    }
     let review: AdmissionReview<Pod> = serde_json::from_slice(body).map_err(|e| {
         Box::new(AdmissionResponse::invalid(format!(
             "not an AdmissionReview of a Pod (line {}, column {})",
@@ -51,6 +60,31 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionRespons
             "AdmissionReview without a request",
         ))
     })
+}
+
+/// The refusal of a body over [`MAX_REVIEW_BYTES`], for the request's uid (read without decoding
+/// the pod: the API server takes no answer for another uid).
+fn too_large(body: &[u8]) -> AdmissionResponse {
+    #[derive(serde::Deserialize)]
+    struct Review {
+        request: Option<Request>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        uid: String,
+    }
+    let uid = serde_json::from_slice::<Review>(body)
+        .ok()
+        .and_then(|r| r.request)
+        .map(|r| r.uid)
+        .unwrap_or_default();
+    let mut res = AdmissionResponse::invalid(format!(
+        "the pod is too large for the kube-aws-iam-controller webhook: its AdmissionReview has {} KiB, at most {} KiB are admitted",
+        body.len() / 1024,
+        MAX_REVIEW_BYTES / 1024
+    ));
+    res.uid = uid;
+    res
 }
 
 /// The response for `req`, and its metric label; `delivery` chooses between the Secret mount
@@ -133,4 +167,47 @@ pub fn respond(
         res.warnings = Some(warnings);
     }
     (res, label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review(env_vars: usize) -> Vec<u8> {
+        let env: Vec<_> = (0..env_vars)
+            .map(|i| json!({"name": format!("VAR_{i}"), "value": "x".repeat(40)}))
+            .collect();
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE", "userInfo": {"username": "admin"},
+                "object": {"metadata": {"name": "p"}, "spec": {"containers": [
+                    {"name": "c", "image": "i", "env": env}
+                ]}},
+            },
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn a_review_over_the_limit_is_refused_for_its_uid_with_a_clear_message() {
+        let small = review(5_000);
+        assert!(small.len() < MAX_REVIEW_BYTES);
+        assert!(decode(&small).is_ok());
+        let big = review(20_000);
+        assert!(big.len() > MAX_REVIEW_BYTES);
+        let res = decode(&big).expect_err("too large");
+        assert!(!res.allowed);
+        assert_eq!(res.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(
+            res.result.message.contains("too large")
+                && res.result.message.contains("at most 1024 KiB"),
+            "{}",
+            res.result.message
+        );
+    }
 }
