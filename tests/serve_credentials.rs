@@ -49,12 +49,19 @@ fn start(volume: &Path, token_dir: &Path) -> Sidecar {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start serve-credentials");
+    // Killed and waited for by Drop, also when it does not come up.
+    let mut sidecar = Sidecar {
+        child,
+        port,
+        token: String::new(),
+    };
     for _ in 0..100 {
         if let (Ok(token), Ok(_)) = (
             std::fs::read_to_string(&token_file),
             TcpStream::connect(("127.0.0.1", port)),
         ) {
-            return Sidecar { child, port, token };
+            sidecar.token = token;
+            return sidecar;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -13,7 +13,9 @@ use kube_aws_iam_controller::webhook::endpoint::{SIDECAR_USER, TOKEN_DIR, TOKEN_
 use super::kubelet::{FS_GROUP, MOUNT, PodUser, container};
 
 /// The controller binary, as the sidecar image runs it.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_kube-aws-iam-controller");
+fn binary() -> String {
+    super::binary_path().to_string_lossy().into_owned()
+}
 
 /// Binds the token volume (`ro`: read-only) at /meta/aws-iam-token in a private mount
 /// namespace, then execs the rest (a `container` command, which keeps that mount).
@@ -91,7 +93,7 @@ impl Sidecar {
                 fs_group: Some(FS_GROUP),
             },
             None,
-            BINARY,
+            &binary(),
         );
         inner.args([
             "serve-credentials".to_string(),
@@ -131,7 +133,7 @@ impl Sidecar {
 
     /// The startup probe the webhook injects: `serve-credentials --probe`.
     pub fn probe(&self) -> bool {
-        Command::new(BINARY)
+        Command::new(binary())
             .args([
                 "serve-credentials",
                 "--probe",
