@@ -33,10 +33,10 @@ port=$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
   2>"$work/sidecar.log" &
 pid=$!
 for _ in $(seq 1 100); do
-  "$binary" serve-credentials --probe --listen="127.0.0.1:$port" 2>/dev/null && break
+  "$binary" serve-credentials --probe --listen="127.0.0.1:$port" >/dev/null 2>&1 && break
   sleep 0.05
 done
-"$binary" serve-credentials --probe --listen="127.0.0.1:$port"
+"$binary" serve-credentials --probe --listen="127.0.0.1:$port" >/dev/null
 status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$pid/status"; }
 kib() { awk -v k="$1" 'BEGIN {printf "%.2f MiB (%d KiB)", k / 1024, k}'; }
 rss_start=$(status VmRSS)
@@ -44,10 +44,11 @@ anon_start=$(status RssAnon)
 
 # Requests over one connection each (as an SDK makes them), then the peak.
 token=$(cat "$work/token/token")
-urls=()
-for _ in $(seq 1 "$requests"); do urls+=("http://127.0.0.1:$port/v1/credentials"); done
+for _ in $(seq 1 "$requests"); do
+  printf 'url = "http://127.0.0.1:%s/v1/credentials"\noutput = "/dev/null"\n' "$port"
+done > "$work/curl.cfg"
 start_ns=$(date +%s%N)
-printf '%s\n' "${urls[@]}" | xargs -n 100 curl -sf -o /dev/null -H "Authorization: $token" -H 'Connection: close'
+curl -sf --fail-early -K "$work/curl.cfg" -H "Authorization: $token" -H 'Connection: close'
 took_ns=$(( $(date +%s%N) - start_ns ))
 rss_after=$(status VmRSS)
 hwm=$(status VmHWM)
@@ -56,7 +57,7 @@ file_after=$(status RssFile)
 threads=$(status Threads)
 
 # The startup probe is a short-lived process of the same binary (exec probe): its peak.
-probe_kib=$( { /usr/bin/time -f '%M' "$binary" serve-credentials --probe --listen="127.0.0.1:$port"; } 2>&1 >/dev/null | tail -1)
+probe_kib=$( { /usr/bin/time -f '%M' "$binary" serve-credentials --probe --listen="127.0.0.1:$port" >/dev/null; } 2>&1 | tail -1)
 
 binary_bytes=$(stat -c %s "$binary")
 read -r layers compressed < <("$venv/bin/python" - "$image/oci" <<'EOF'
@@ -77,6 +78,7 @@ cat <<EOF
 |---|---|
 | RSS after start (VmRSS) | $(kib "$rss_start"), of which private (RssAnon) $(kib "$anon_start") |
 | RSS after $requests requests (VmRSS) | $(kib "$rss_after"): private $(kib "$anon_after"), file-backed (shared page cache of the binary) $(kib "$file_after") |
+| answer without the token | $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/credentials") |
 | peak RSS (VmHWM) | $(kib "$hwm") |
 | threads | $threads |
 | time per request (curl, a new connection each) | $(awk -v t="$took_ns" -v n="$requests" 'BEGIN {printf "%.2f ms", t / n / 1e6}') |

@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 fn start(volume: &Path, token_dir: &Path) -> Sidecar {
     let port = free_port();
     let token_file = token_dir.join("token");
-    let mut child = Command::new(BINARY)
+    let child = Command::new(BINARY)
         .args([
             "serve-credentials".to_string(),
             format!("--dir={}", volume.display()),
@@ -49,17 +49,22 @@ fn start(volume: &Path, token_dir: &Path) -> Sidecar {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start serve-credentials");
+    // Killed and waited for by Drop, also when it does not come up.
+    let mut sidecar = Sidecar {
+        child,
+        port,
+        token: String::new(),
+    };
     for _ in 0..100 {
         if let (Ok(token), Ok(_)) = (
             std::fs::read_to_string(&token_file),
             TcpStream::connect(("127.0.0.1", port)),
         ) {
-            return Sidecar { child, port, token };
+            sidecar.token = token;
+            return sidecar;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     panic!("serve-credentials did not listen within 10 s");
 }
 

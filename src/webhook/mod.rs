@@ -537,6 +537,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_credentials_annotation_picks_the_sidecar_and_a_bad_value_or_no_image_is_refused() {
+        let pod = |mode: &str| {
+            json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "ready"},
+                                "annotations": {endpoint::MODE_ANNOTATION: mode}},
+                   "spec": {"containers": [{"name": "c", "image": "i"}]}})
+        };
+        let s = shared();
+        let out = post(s.clone(), review(pod("endpoint"))).await;
+        assert_eq!(out["response"]["allowed"], true);
+        let patch = patch_of(&out).to_string();
+        assert!(patch.contains("\"image\":\"controller:test\""), "{patch}");
+        assert!(
+            patch.contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+            "{patch}"
+        );
+        assert!(!patch.contains("credentials.process"), "{patch}");
+        let out = post(s.clone(), review(pod("process"))).await;
+        assert!(patch_of(&out).to_string().contains("credentials.process"));
+        let out = post(s.clone(), review(pod("sidecar"))).await;
+        assert_eq!(out["response"]["allowed"], false);
+        let Some(mut without_image) = Arc::into_inner(shared()) else {
+            panic!("unshared");
+        };
+        without_image.delivery.image = None;
+        let out = post(Arc::new(without_image), review(pod("endpoint"))).await;
+        assert_eq!(out["response"]["allowed"], false);
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--webhook-sidecar-image")),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_bad_role_name_is_refused_and_garbage_is_answered_not_crashed_on() {
         let pod = json!({"metadata": {"name": "p"},
                          "spec": {"serviceAccountName": "x", "containers": [{"name": "c", "image": "i"}]}});

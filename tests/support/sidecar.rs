@@ -5,12 +5,17 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kube_aws_iam_controller::webhook::endpoint::{SIDECAR_USER, TOKEN_DIR, TOKEN_FILE};
 
 use super::kubelet::{FS_GROUP, MOUNT, PodUser, container};
+
+/// The controller binary, as the sidecar image runs it.
+fn binary() -> String {
+    super::binary_path().to_string_lossy().into_owned()
+}
 
 /// Binds the token volume (`ro`: read-only) at /meta/aws-iam-token in a private mount
 /// namespace, then execs the rest (a `container` command, which keeps that mount).
@@ -41,31 +46,24 @@ fn with_token_volume(token_dir: &Path, read_only: bool, inner: &Command) -> Comm
     cmd
 }
 
-/// A running sidecar; killed when dropped.
+/// A running sidecar, under the harness's watchdog (it also ends when the test process dies);
+/// stopped when dropped.
 pub struct Sidecar {
     pub port: u16,
     /// The pod's emptyDir holding the token.
     pub token_dir: tempfile::TempDir,
     log: tempfile::TempDir,
-    child: std::process::Child,
+    watchdog: Child,
 }
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        // The process tree is unshare -> sh -> setpriv -> the binary: end it by its group.
+        // SIGTERM to the watchdog: its trap stops the sidecar.
         let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .arg(self.watchdog.id().to_string())
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.watchdog.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Sidecar {
@@ -73,13 +71,12 @@ impl Sidecar {
     /// until its startup probe passes, as the kubelet does before it starts the app containers.
     pub async fn start(volume: &Path) -> Sidecar {
         use std::os::unix::fs::PermissionsExt;
-        use std::os::unix::process::CommandExt;
         let token_dir = tempfile::tempdir().expect("token dir");
         // An emptyDir is world-writable.
         std::fs::set_permissions(token_dir.path(), std::fs::Permissions::from_mode(0o777))
             .expect("chmod token dir");
         let log = tempfile::tempdir().expect("log dir");
-        let port = free_port();
+        let port = super::free_port();
         let mut inner = container(
             volume,
             PodUser {
@@ -88,7 +85,7 @@ impl Sidecar {
                 fs_group: Some(FS_GROUP),
             },
             None,
-            &super::binary_path().to_string_lossy(),
+            &binary(),
         );
         inner.args([
             "serve-credentials".to_string(),
@@ -96,23 +93,25 @@ impl Sidecar {
             format!("--listen=127.0.0.1:{port}"),
             format!("--token-file={TOKEN_FILE}"),
         ]);
-        let stderr = std::fs::File::create(log.path().join("sidecar.log")).expect("log");
-        let mut cmd = with_token_volume(token_dir.path(), false, &inner);
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0);
-        let child = cmd.spawn().expect("start the sidecar");
+        let cmd = with_token_volume(token_dir.path(), false, &inner);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let watchdog = super::spawn_watched(
+            Path::new(cmd.get_program()),
+            &args,
+            &log.path().join("sidecar.log"),
+            &[],
+        );
         let mut sidecar = Sidecar {
             port,
             token_dir,
             log,
-            child,
+            watchdog,
         };
         for _ in 0..150 {
-            if let Ok(Some(status)) = sidecar.child.try_wait() {
+            if let Ok(Some(status)) = sidecar.watchdog.try_wait() {
                 panic!("the sidecar exited with {status}:\n{}", sidecar.log());
             }
             if sidecar.probe() {
@@ -128,7 +127,7 @@ impl Sidecar {
 
     /// The startup probe the webhook injects: `serve-credentials --probe`.
     pub fn probe(&self) -> bool {
-        Command::new(super::binary_path())
+        Command::new(binary())
             .args([
                 "serve-credentials",
                 "--probe",
