@@ -3,6 +3,7 @@
 //! replica serves admissions from watch caches; only the leader creates and rotates the TLS
 //! certificate and keeps the webhook configuration's `caBundle` current.
 
+pub mod binding;
 pub mod certs;
 pub mod mutate;
 pub mod review;
@@ -269,10 +270,12 @@ impl Shared {
             Some(r) => self.role_state(&ns, r),
             None => (RoleState::Unknown, None),
         };
+        let bindings = self.bindings(&ns, req.object.as_ref(), choice.role());
         let facts = Facts {
             choice,
             role,
             not_permitted,
+            bindings,
         };
         review::respond(&req, &facts, self.region.as_deref())
     }
@@ -307,6 +310,28 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// `spec.serviceAccountNames` of the bound AWSIAMRoles whose Secrets the pod reaches or
+    /// that it would be given, from the cache (a role it has not seen yet is judged by the
+    /// admission policy alone).
+    fn bindings(
+        &self,
+        ns: &str,
+        pod: Option<&Pod>,
+        injected: Option<&str>,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let spec = pod.and_then(|p| p.spec.as_ref());
+        let mut names = binding::secret_names(spec);
+        names.extend(injected);
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let role = self.roles.get(&ObjectRef::new(name).within(ns))?;
+                let listed = role.spec.service_account_names.clone()?;
+                Some((name.to_string(), listed))
+            })
+            .collect()
     }
 
     /// The AWSIAMRole's state, and the namespace policy's refusal of it, from the caches.
@@ -561,6 +586,7 @@ mod tests {
                 role_session_duration: 3600,
                 policy: None,
                 policy_arns: Vec::new(),
+                service_account_names: None,
                 invalid: None,
             },
         );
