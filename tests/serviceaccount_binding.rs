@@ -374,31 +374,6 @@ async fn api_decision(pods: &Api<Pod>, row: &Row, name: &str) -> Option<String> 
     .map(|e| e.to_string())
 }
 
-/// POSTs `body` to `path` and returns the status code, the `Warning` headers and the body.
-async fn post_raw(client: &kube::Client, path: &str, body: &Value) -> (u16, Vec<String>, String) {
-    use http_body_util::BodyExt;
-    let req = http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(
-            serde_json::to_vec(body).expect("json"),
-        ))
-        .expect("request");
-    let res = client.send(req).await.expect("send");
-    let status = res.status().as_u16();
-    let warnings = res
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    (
-        status,
-        warnings,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn pods_reach_a_bound_roles_secret_only_as_a_listed_service_account_and_admission_agrees_with_the_webhook()
  {
@@ -506,7 +481,7 @@ async fn a_workload_whose_service_account_is_not_listed_gets_a_warning_and_its_p
             deployment(&format!("web-{n}"), "other"),
         );
         async move {
-            let (status, warnings, text) = post_raw(&client, &path, &body).await;
+            let (status, warnings, text) = support::raw::post(&client, &path, &body).await;
             assert_eq!(
                 status, 201,
                 "the Deployment is stored despite the warning: {text}"
@@ -522,7 +497,8 @@ async fn a_workload_whose_service_account_is_not_listed_gets_a_warning_and_its_p
                 && w.contains("the pods of this Deployment will be refused")),
         "{warnings:?}"
     );
-    let (status, warnings, text) = post_raw(&client, &path, &deployment("listed", "app")).await;
+    let (status, warnings, text) =
+        support::raw::post(&client, &path, &deployment("listed", "app")).await;
     assert_eq!(
         (status, warnings.len()),
         (201, 0),
@@ -534,7 +510,7 @@ async fn a_workload_whose_service_account_is_not_listed_gets_a_warning_and_its_p
         "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {
             "spec": {"restartPolicy": "Never", "serviceAccountName": "other", "containers": [app()],
                      "volumes": [{"name": "aws", "secret": {"secretName": "bound"}}]}}}}}});
-    let (status, warnings, text) = post_raw(
+    let (status, warnings, text) = support::raw::post(
         &client,
         &format!("/apis/batch/v1/namespaces/{ns}/cronjobs"),
         &cron,

@@ -13,6 +13,7 @@ pub mod helm;
 pub mod kubelet;
 pub mod pod;
 pub mod proxy;
+pub mod raw;
 pub mod sts_double;
 
 use std::future::Future;
