@@ -3,8 +3,9 @@
 //! ServiceAccount, a role without the field) runs on the real API server with the shipped
 //! ValidatingAdmissionPolicies (deploy/serviceaccount-binding.yaml) and through the webhook's
 //! pure decision (`review::respond`), and both give the same answer, with the same message, row
-//! by row. Workloads get a warning and their pods are refused. A test binary of its own: the
-//! policies are cluster-wide.
+//! by row. Workloads get a warning and their pods are refused; a pod at the request size limit
+//! stays within the CEL budget; the controller shows the binding in status. A test binary of
+//! its own: the policies are cluster-wide.
 
 mod support;
 
@@ -536,4 +537,125 @@ async fn a_workload_whose_service_account_is_not_listed_gets_a_warning_and_its_p
         .await
         .expect_err("the Deployment's pod is refused");
     assert!(refused.to_string().contains(&message), "{refused}");
+}
+
+/// A pod at the API server's request size limit with the role's Secret in the last variable of
+/// its last container: the binding is judged within the CEL cost budget (a cost error would
+/// refuse it with another message, and would refuse the listed ServiceAccount too).
+#[tokio::test]
+async fn a_pod_near_the_request_size_limit_is_judged_within_the_cel_budget() {
+    let env = env().await;
+    let client = env.client().await;
+    support::apply_manifest(&client, MANIFEST, None, false).await;
+    let ns = env.namespace(&client, "sabc").await;
+    let api: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
+    let mut r = role("bound", "bound", 3600);
+    r.spec.service_account_names = Some(vec!["app".into()]);
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create role");
+    let containers = 40;
+    let per = 1000;
+    let big = |sa: &str| {
+        let cs: Vec<Value> = (0..containers)
+            .map(|i| {
+                let mut env: Vec<Value> = (0..per)
+                    .map(|j| json!({"name": format!("V{j}"), "valueFrom": {"secretKeyRef": {"name": format!("s{j}"), "key": "k"}}}))
+                    .collect();
+                if i + 1 == containers {
+                    env.push(json!({"name": "AWS", "valueFrom": {"secretKeyRef": {"name": "bound", "key": "k"}}}));
+                }
+                json!({"name": format!("c{i}"), "image": "app", "env": env})
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
+               "spec": {"serviceAccountName": sa, "containers": cs}})
+    };
+    let bytes = serde_json::to_vec(&big("other")).expect("json").len();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let message = binding::message(&ns, "bound", "other", &["app".to_string()]);
+    let unlisted: Pod = serde_json::from_value(big("other")).expect("pod");
+    let refused = wait_for("the refusal", || async {
+        pods.create(&dry, &unlisted)
+            .await
+            .err()
+            .map(|e| e.to_string())
+    })
+    .await;
+    eprintln!(
+        "pod of {bytes} bytes, {containers} containers x {per} env: {}",
+        &refused[..refused.len().min(400)]
+    );
+    assert!(refused.contains(&message), "{bytes} bytes: {refused}");
+    let listed: Pod = serde_json::from_value(big("app")).expect("pod");
+    pods.create(&dry, &listed)
+        .await
+        .expect("the listed ServiceAccount's big pod is admitted");
+}
+
+/// `status.serviceAccounts` (the `ServiceAccounts` column) follows `spec.serviceAccountNames`,
+/// without new credentials.
+#[tokio::test]
+async fn the_controller_shows_the_binding_in_status_without_calling_sts_again() {
+    let support::Scene {
+        client,
+        ns,
+        roles,
+        sts,
+        ..
+    } = support::scene("sabs").await;
+    let ctl = support::run_controller(
+        &client,
+        &ns,
+        support::sts_issuer(&sts.endpoint),
+        support::test_settings(),
+    )
+    .await;
+    let shown = |want: Option<&'static str>| {
+        let roles = roles.clone();
+        async move {
+            wait_for(&format!("status.serviceAccounts {want:?}"), || async {
+                let r = roles.get("app").await.ok()?;
+                let status = r.status.clone()?;
+                let ready = r.ready_condition().is_some_and(|c| c.status == "True");
+                (ready
+                    && status.observed_generation == r.metadata.generation
+                    && status.service_accounts.as_deref() == want)
+                    .then_some(())
+            })
+            .await
+        }
+    };
+    let mut r = role("app", "app", 3600);
+    r.spec.service_account_names = Some(vec!["web".into()]);
+    roles
+        .create(&PostParams::default(), &r)
+        .await
+        .expect("create");
+    shown(Some("web")).await;
+    for (names, want) in [
+        (json!(["web", "worker"]), Some("web,worker")),
+        (json!([]), Some("<none>")),
+        (Value::Null, None),
+    ] {
+        roles
+            .patch(
+                "app",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"serviceAccountNames": names}})),
+            )
+            .await
+            .expect("patch");
+        shown(want).await;
+    }
+    assert_eq!(
+        sts.assume_role_calls(&format!("{}app", support::BASE_ROLE_ARN)),
+        1,
+        "changing the binding changes nothing STS is asked for"
+    );
+    ctl.stop().await;
 }
