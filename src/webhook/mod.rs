@@ -602,6 +602,9 @@ mod tests {
             }],
             ..Default::default()
         });
+        let mut bound = ready.clone();
+        bound.metadata.name = Some("bound".into());
+        bound.spec.service_account_names = Some(vec!["builder".into()]);
         let mut failing = ready.clone();
         failing.metadata.name = Some("failing".into());
         if let Some(s) = failing.status.as_mut() {
@@ -611,6 +614,7 @@ mod tests {
         role_writer.apply_watcher_event(&Event::InitDone);
         role_writer.apply_watcher_event(&Event::Apply(ready));
         role_writer.apply_watcher_event(&Event::Apply(failing));
+        role_writer.apply_watcher_event(&Event::Apply(bound));
         let sa = PartialObjectMeta::<ServiceAccount> {
             types: None,
             metadata: ObjectMeta {
@@ -671,6 +675,41 @@ mod tests {
             .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).expect("byte"))
             .collect();
         serde_json::from_slice(&raw).expect("patch json")
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_service_account_the_role_does_not_list_is_refused_not_wired() {
+        let s = shared();
+        let labelled = |sa: &str| {
+            json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "bound"}},
+                   "spec": {"serviceAccountName": sa, "containers": [{"name": "c", "image": "i"}]}})
+        };
+        let out = post(s.clone(), review(labelled("other"))).await;
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert_eq!(
+            out["response"]["status"]["message"],
+            "ServiceAccount other may not use AWSIAMRole team/bound: its spec.serviceAccountNames lists only builder"
+        );
+        assert!(out["response"]["patch"].is_null(), "{out}");
+        let out = post(s.clone(), review(labelled("builder"))).await;
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        assert!(
+            patch_of(&out)
+                .to_string()
+                .contains("\"secretName\":\"bound\"")
+        );
+        // Wired by hand, not labelled: the same refusal, for the default ServiceAccount.
+        let by_hand = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "i",
+                "envFrom": [{"secretRef": {"name": "bound"}}]}]}});
+        let out = post(s, review(by_hand)).await;
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ServiceAccount default") && m.contains("team/bound")),
+            "{out}"
+        );
     }
 
     #[tokio::test]
