@@ -5,6 +5,7 @@
 #   deploy/webhook.yaml               webhook Service and MutatingWebhookConfiguration
 #   deploy/webhook-rbac.yaml          the webhook's RBAC
 #   deploy/deployment-with-role.yaml  Deployment, PDB             (ci/bootstrap-values.yaml)
+#   deploy/serviceaccount-binding.yaml  the ServiceAccount binding's ValidatingAdmissionPolicies
 # (deploy/namespace-policy.yaml, webhook-policy.yaml, rbac-namespaced.yaml and the example apps
 # are written by hand.)
 # and copies the generated CRD (deploy/crd.yaml, from `cargo run --bin crdgen`) and
@@ -36,4 +37,5 @@ render rbac.yaml -- serviceaccount.yaml rbac.yaml
 render deployment.yaml -- deployment.yaml pdb.yaml
 render webhook.yaml -- webhook.yaml
 render webhook-rbac.yaml -- webhook-rbac.yaml
+render serviceaccount-binding.yaml -- serviceaccount-binding.yaml
 render deployment-with-role.yaml --values "$chart/ci/bootstrap-values.yaml" -- deployment.yaml pdb.yaml

@@ -88,6 +88,7 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
             role_session_duration: args.session_duration,
             policy: None,
             policy_arns: Vec::new(),
+            service_account_names: None,
             invalid: None,
         },
     );

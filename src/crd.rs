@@ -9,6 +9,8 @@ pub const DEFAULT_SESSION_SECONDS: i64 = 3600;
 /// STS bounds for `DurationSeconds`.
 pub const MIN_SESSION_SECONDS: i64 = 900;
 pub const MAX_SESSION_SECONDS: i64 = 43200;
+/// Most ServiceAccounts one AWSIAMRole may list: bounds the admission policy's CEL cost.
+pub const MAX_SERVICE_ACCOUNT_NAMES: usize = 64;
 /// Longest `roleReference`: the longest ARN prefix (`arn:aws-us-gov:iam::<12 digits>:role/`)
 /// plus IAM's longest path (512) and name (64).
 pub const ROLE_REFERENCE_MAX: usize = 640;
@@ -44,6 +46,11 @@ fn default_session_duration() -> i64 {
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "ServiceAccounts",
+        type_ = "string",
+        json_path = ".status.serviceAccounts"
     ),
     printcolumn(
         name = "Age",
@@ -82,6 +89,18 @@ pub struct AWSIAMRoleSpec {
         )
     )]
     pub policy_arns: Vec<String>,
+    /// The ServiceAccounts (in the role's namespace) whose pods may use the role's Secret. Unset:
+    /// any pod in the namespace may (the Go controller's behaviour); empty: none may. Enforced at
+    /// admission by `deploy/serviceaccount-binding.yaml` and by the webhook (docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = MAX_SERVICE_ACCOUNT_NAMES),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        )
+    )]
+    pub service_account_names: Option<Vec<String>>,
     /// Why the stored spec could not be read (a missing `roleReference`, a wrongly typed field):
     /// the controller reports it as `InvalidSpec` instead of failing the whole watch.
     #[serde(skip)]
@@ -100,6 +119,8 @@ struct StrictSpec {
     policy: Option<String>,
     #[serde(default, rename = "policyARNs")]
     policy_arns: Vec<String>,
+    #[serde(default)]
+    service_account_names: Option<Vec<String>>,
 }
 
 /// Longest decoding error kept in `invalid` (it ends up in status and an Event).
@@ -119,6 +140,7 @@ impl AWSIAMRoleSpec {
                 role_session_duration: s.role_session_duration,
                 policy: s.policy,
                 policy_arns: s.policy_arns,
+                service_account_names: s.service_account_names,
                 invalid: None,
             },
             Err(e) => {
@@ -134,7 +156,9 @@ impl AWSIAMRoleSpec {
                     .get("roleReference")
                     .and_then(serde_json::Value::as_str)
                     .map(str::to_string);
-                Self::invalid(message, reference)
+                let mut spec = Self::invalid(message, reference);
+                spec.service_account_names = lenient_service_accounts(&value);
+                spec
             }
         }
     }
@@ -145,9 +169,22 @@ impl AWSIAMRoleSpec {
             role_session_duration: DEFAULT_SESSION_SECONDS,
             policy: None,
             policy_arns: Vec::new(),
+            service_account_names: None,
             invalid: Some(message),
         }
     }
+}
+
+/// `serviceAccountNames` of a spec that did not decode as a whole: the binding still holds
+/// (the admission policy reads the stored list whatever else is wrong). A list that is not a
+/// list of strings binds the role to no ServiceAccount: fail closed, as the policy does when
+/// its expression errs.
+fn lenient_service_accounts(value: &serde_json::Value) -> Option<Vec<String>> {
+    let field = value.get("serviceAccountNames")?;
+    if field.is_null() {
+        return None;
+    }
+    Some(serde_json::from_value::<Vec<String>>(field.clone()).unwrap_or_default())
 }
 
 impl<'de> Deserialize<'de> for AWSIAMRoleSpec {
@@ -170,6 +207,10 @@ pub struct AWSIAMRoleStatus {
     /// When the credentials in the Secret expire (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<String>,
+    /// The ServiceAccounts that may use the role (`spec.serviceAccountNames`, comma-separated;
+    /// `<none>` for an empty list); absent while any pod in the namespace may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<String>,
     /// `Ready` says whether the Secret holds valid credentials for the current spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -301,5 +342,40 @@ mod tests {
         let good: AWSIAMRoleSpec =
             serde_json::from_str(r#"{"roleReference":"app"}"#).expect("spec");
         assert_eq!(good.invalid, None);
+    }
+
+    #[test]
+    fn the_service_account_binding_survives_a_spec_that_does_not_decode() {
+        let unbound: AWSIAMRoleSpec =
+            serde_json::from_str(r#"{"roleReference":"app"}"#).expect("spec");
+        assert_eq!(unbound.service_account_names, None);
+        let bound: AWSIAMRoleSpec =
+            serde_json::from_str(r#"{"roleReference":"app","serviceAccountNames":["web"]}"#)
+                .expect("spec");
+        assert_eq!(bound.service_account_names, Some(vec!["web".to_string()]));
+        // Another field is malformed: the role is invalid and still bound.
+        let invalid: AWSIAMRoleSpec = serde_json::from_str(
+            r#"{"roleReference":"app","roleSessionDuration":"an hour","serviceAccountNames":["web"]}"#,
+        )
+        .expect("spec");
+        assert!(invalid.invalid.is_some());
+        assert_eq!(invalid.service_account_names, Some(vec!["web".to_string()]));
+        // The list itself is malformed: bound to no ServiceAccount (fail closed).
+        let garbled: AWSIAMRoleSpec =
+            serde_json::from_str(r#"{"roleReference":"app","serviceAccountNames":"web"}"#)
+                .expect("spec");
+        assert!(garbled.invalid.is_some());
+        assert_eq!(garbled.service_account_names, Some(vec![]));
+        let crd: serde_json::Value =
+            serde_yaml::from_str(include_str!("../deploy/crd.yaml")).expect("yaml");
+        let v = &crd["spec"]["versions"][0];
+        let names = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serviceAccountNames"];
+        assert_eq!(names["maxItems"], MAX_SERVICE_ACCOUNT_NAMES);
+        assert_eq!(names["items"]["maxLength"], 253);
+        assert!(
+            v["additionalPrinterColumns"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["jsonPath"] == ".status.serviceAccounts"))
+        );
     }
 }

@@ -171,6 +171,7 @@ fn deploy_manifests_are_rendered_from_the_chart() {
         "deploy/deployment-with-role.yaml",
         "deploy/webhook.yaml",
         "deploy/webhook-rbac.yaml",
+        "deploy/serviceaccount-binding.yaml",
         "charts/kube-aws-iam-controller/crds/awsiamroles.zalando.org.yaml",
         "charts/kube-aws-iam-controller/files/alerts.yaml",
     ] {

@@ -856,6 +856,7 @@ fn role() -> AWSIAMRole {
             role_session_duration: 3600,
             policy: None,
             policy_arns: Vec::new(),
+            service_account_names: None,
             invalid: None,
         },
     );
@@ -1228,6 +1229,7 @@ fn check_webhook(input: &[u8]) {
             choice: choice.clone(),
             role: RoleState::Missing,
             not_permitted: Some("not permitted".into()),
+            bindings: Default::default(),
         };
         let (res, label): (AdmissionResponse, &str) =
             review::respond(&req, &facts, region, &Default::default());

@@ -171,7 +171,12 @@ impl Context {
         };
         self.metrics
             .role_state(&key, matches!(outcome, Outcome::Ready { .. }), expiry);
-        if cached == Some(&status::next(cached, outcome, now)) {
+        if cached
+            == Some(&status::with_binding(
+                status::next(cached, outcome, now),
+                &role.spec,
+            ))
+        {
             return Ok(Transition::Unchanged);
         }
         let api: Api<AWSIAMRole> =
@@ -241,7 +246,7 @@ impl Context {
         now: chrono::DateTime<Utc>,
     ) -> Result<Transition, kube::Error> {
         let current = object.status.as_ref();
-        let next = status::next(current, outcome, now);
+        let next = status::with_binding(status::next(current, outcome, now), &object.spec);
         if current == Some(&next) {
             return Ok(Transition::Unchanged);
         }

@@ -36,6 +36,7 @@ pub fn role(name: &str, reference: &str, generation: i64) -> AWSIAMRole {
             role_session_duration: 3600,
             policy: None,
             policy_arns: Vec::new(),
+            service_account_names: None,
             invalid: None,
         },
     );

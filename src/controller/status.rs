@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::aws::options::SessionLength;
-use crate::crd::{AWSIAMRoleStatus, Condition};
+use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus, Condition};
 
 /// What the reconcile found, as far as status is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +206,19 @@ pub fn next(
     };
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.insert(0, ready);
+    status
+}
+
+/// `status` with `serviceAccounts` showing `spec`'s ServiceAccount binding (docs/security.md):
+/// the names comma-separated, `<none>` for an empty list, absent while the role is unbound.
+pub fn with_binding(mut status: AWSIAMRoleStatus, spec: &AWSIAMRoleSpec) -> AWSIAMRoleStatus {
+    status.service_accounts = spec.service_account_names.as_ref().map(|names| {
+        if names.is_empty() {
+            "<none>".to_string()
+        } else {
+            names.join(",")
+        }
+    });
     status
 }
 
@@ -496,5 +509,27 @@ mod tests {
         );
         assert!(!would_deny(Some(&cleared)));
         assert_eq!(cleared.conditions.len(), 1);
+    }
+
+    #[test]
+    fn status_shows_the_service_account_binding_and_nothing_for_an_unbound_role() {
+        let spec = |names: Option<Vec<&str>>| {
+            let mut s = AWSIAMRoleSpec::lenient(Some(serde_json::json!({"roleReference": "app"})));
+            s.service_account_names = names.map(|n| n.into_iter().map(String::from).collect());
+            s
+        };
+        let show = |names| with_binding(AWSIAMRoleStatus::default(), &spec(names)).service_accounts;
+        assert_eq!(show(None), None);
+        assert_eq!(show(Some(vec![])).as_deref(), Some("<none>"));
+        assert_eq!(
+            show(Some(vec!["web", "worker"])).as_deref(),
+            Some("web,worker")
+        );
+        let bound = with_binding(AWSIAMRoleStatus::default(), &spec(Some(vec!["web"])));
+        assert_eq!(
+            with_binding(bound, &spec(None)).service_accounts,
+            None,
+            "removing the field removes it from status"
+        );
     }
 }

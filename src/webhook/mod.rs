@@ -3,6 +3,7 @@
 //! replica serves admissions from watch caches; only the leader creates and rotates the TLS
 //! certificate and keeps the webhook configuration's `caBundle` current.
 
+pub mod binding;
 pub mod certs;
 pub mod endpoint;
 pub mod mutate;
@@ -23,7 +24,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::core::admission::AdmissionResponse;
@@ -261,10 +262,12 @@ impl Shared {
             Some(r) => self.role_state(&ns, r),
             None => (RoleState::Unknown, None),
         };
+        let bindings = self.bindings(&ns, req.object.as_ref(), choice.role());
         let facts = Facts {
             choice,
             role,
             not_permitted,
+            bindings,
         };
         review::respond(&req, &facts, self.region.as_deref(), &self.delivery)
     }
@@ -299,6 +302,28 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// `spec.serviceAccountNames` of the bound AWSIAMRoles whose Secrets the pod reaches or
+    /// that it would be given, from the cache (a role it has not seen yet is judged by the
+    /// admission policy alone).
+    fn bindings(
+        &self,
+        ns: &str,
+        pod: Option<&Pod>,
+        injected: Option<&str>,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let spec = pod.and_then(|p| p.spec.as_ref());
+        let mut names = binding::secret_names(spec);
+        names.extend(injected);
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let role = self.roles.get(&ObjectRef::new(name).within(ns))?;
+                let listed = role.spec.service_account_names.clone()?;
+                Some((name.to_string(), listed))
+            })
+            .collect()
     }
 
     /// The AWSIAMRole's state, and the namespace policy's refusal of it, from the caches.
@@ -381,6 +406,7 @@ mod tests {
                 role_session_duration: 3600,
                 policy: None,
                 policy_arns: Vec::new(),
+                service_account_names: None,
                 invalid: None,
             },
         );
@@ -396,6 +422,9 @@ mod tests {
             }],
             ..Default::default()
         });
+        let mut bound = ready.clone();
+        bound.metadata.name = Some("bound".into());
+        bound.spec.service_account_names = Some(vec!["builder".into()]);
         let mut failing = ready.clone();
         failing.metadata.name = Some("failing".into());
         if let Some(s) = failing.status.as_mut() {
@@ -405,6 +434,7 @@ mod tests {
         role_writer.apply_watcher_event(&Event::InitDone);
         role_writer.apply_watcher_event(&Event::Apply(ready));
         role_writer.apply_watcher_event(&Event::Apply(failing));
+        role_writer.apply_watcher_event(&Event::Apply(bound));
         let sa = PartialObjectMeta::<ServiceAccount> {
             types: None,
             metadata: ObjectMeta {
@@ -469,6 +499,41 @@ mod tests {
             .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()).expect("byte"))
             .collect();
         serde_json::from_slice(&raw).expect("patch json")
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_service_account_the_role_does_not_list_is_refused_not_wired() {
+        let s = shared();
+        let labelled = |sa: &str| {
+            json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "bound"}},
+                   "spec": {"serviceAccountName": sa, "containers": [{"name": "c", "image": "i"}]}})
+        };
+        let out = post(s.clone(), review(labelled("other"))).await;
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert_eq!(
+            out["response"]["status"]["message"],
+            "ServiceAccount other may not use AWSIAMRole team/bound: its spec.serviceAccountNames lists only builder"
+        );
+        assert!(out["response"]["patch"].is_null(), "{out}");
+        let out = post(s.clone(), review(labelled("builder"))).await;
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        assert!(
+            patch_of(&out)
+                .to_string()
+                .contains("\"secretName\":\"bound\"")
+        );
+        // Wired by hand, not labelled: the same refusal, for the default ServiceAccount.
+        let by_hand = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "c", "image": "i",
+                "envFrom": [{"secretRef": {"name": "bound"}}]}]}});
+        let out = post(s, review(by_hand)).await;
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ServiceAccount default") && m.contains("team/bound")),
+            "{out}"
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,9 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
+use std::collections::BTreeMap;
+
+use super::binding;
 use super::endpoint::{self, Delivery, Mode};
 use super::mutate::{self, Choice, Injection};
 
@@ -25,6 +28,9 @@ pub struct Facts {
     pub role: RoleState,
     /// The namespace role policy's refusal of the role, if any (from the controller's caches).
     pub not_permitted: Option<String>,
+    /// The namespace's bound AWSIAMRoles the pod may reach: role name to its
+    /// `spec.serviceAccountNames` (`binding::refusal`). Unbound roles are not in it.
+    pub bindings: BTreeMap<String, Vec<String>>,
 }
 
 /// Bounded outcome labels for metrics.
@@ -96,6 +102,21 @@ pub fn respond(
     delivery: &Delivery,
 ) -> (AdmissionResponse, &'static str) {
     let res = AdmissionResponse::from(req);
+    let ns = req.namespace.as_deref().unwrap_or("default");
+    // The ServiceAccount binding judges a new pod, with the role it would be given, and a pod
+    // gaining ephemeral containers, as the admission policy does.
+    let injected = match req.operation {
+        Operation::Create => facts.choice.role(),
+        _ => None,
+    };
+    let judged = matches!(req.operation, Operation::Create)
+        || (matches!(req.operation, Operation::Update)
+            && req.sub_resource.as_deref() == Some("ephemeralcontainers"));
+    if let (Some(pod), true) = (req.object.as_ref(), judged)
+        && let Some(why) = binding::refusal(ns, pod, injected, &facts.bindings)
+    {
+        return (res.deny(why), result::DENIED);
+    }
     let (Some(pod), Operation::Create) = (req.object.as_ref(), &req.operation) else {
         return (res, result::SKIPPED);
     };
@@ -112,7 +133,6 @@ pub fn respond(
             result::DENIED,
         );
     }
-    let ns = req.namespace.as_deref().unwrap_or("default");
     let injection = Injection {
         role: role.to_string(),
         region: region.map(str::to_string),

@@ -21,6 +21,7 @@ pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
             role_session_duration: duration,
             policy: None,
             policy_arns: Vec::new(),
+            service_account_names: None,
             invalid: None,
         },
     )

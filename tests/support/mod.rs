@@ -17,6 +17,7 @@ pub mod kubelet;
 pub mod manifests;
 pub mod pod;
 pub mod proxy;
+pub mod raw;
 pub mod runner;
 pub mod sidecar;
 pub mod sts_double;

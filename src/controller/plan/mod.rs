@@ -524,6 +524,7 @@ mod tests {
                 role_session_duration: 3600,
                 policy: None,
                 policy_arns: Vec::new(),
+                service_account_names: None,
                 invalid: None,
             },
         );
