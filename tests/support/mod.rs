@@ -11,6 +11,7 @@
 
 pub mod helm;
 pub mod kubelet;
+pub mod node;
 pub mod pod;
 pub mod proxy;
 pub mod sts_double;
