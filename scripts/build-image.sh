@@ -21,6 +21,14 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 TARGET=x86_64-unknown-linux-musl
 CACHE="${KAIC_CACHE:-$HOME/.cache/kube-aws-iam-controller}"
+# The build dir under the cache is shared by every clone: one build at a time. A caller that
+# already holds the lock (`flock "$CACHE/image-build.lock" scripts/build-image.sh`) passed its
+# descriptor down; taking it again on a new descriptor would wait for ourselves.
+lock="$CACHE/image-build.lock"
+mkdir -p "$CACHE"
+held=
+for fd in /proc/$$/fd/*; do [ "$(readlink "$fd" 2>/dev/null)" = "$lock" ] && held=1; done
+if [ -z "$held" ]; then exec 8>>"$lock"; flock 8; fi
 out="${1:-target/image}"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

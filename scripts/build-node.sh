@@ -33,6 +33,11 @@ ok() { # every binary present, and the ones that can say so report a version
     && "$OUT/runc" --version >/dev/null 2>&1
 }
 if ok; then echo "$OUT"; exit 0; fi
+# One build at a time per cache (clones share it); the one that waited finds it done.
+mkdir -p "$CACHE/node"
+exec 9>"$CACHE/node/build.lock"
+flock 9
+if ok; then echo "$OUT"; exit 0; fi
 
 command -v go >/dev/null || { echo "build-node: Go >= 1.26 is required" >&2; exit 1; }
 command -v gcc >/dev/null || { echo "build-node: gcc is required (for runc and pause)" >&2; exit 1; }

@@ -103,6 +103,26 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
     })
     .await;
     assert_eq!(reasons(&evs, "GetCredentialsFailed"), 0);
+    // Every write names the controller as its field manager (issue 25: the Event's was "unknown").
+    let managers = |fields: Option<
+        &Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>,
+    >|
+     -> Vec<String> {
+        fields
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect()
+    };
+    for (what, got) in [
+        ("Secret", managers(s.metadata.managed_fields.as_ref())),
+        ("Event", managers(evs[0].metadata.managed_fields.as_ref())),
+    ] {
+        assert!(
+            !got.is_empty() && got.iter().all(|m| m == "kube-aws-iam-controller"),
+            "{what} written by {got:?}"
+        );
+    }
 
     // boto3 reads the `credentials` file the Secret provides and is the role.
     let arn = support::boto3_identity_from_secret(env, &s);

@@ -1345,3 +1345,56 @@ async fn rotation_starts_as_soon_as_the_replica_leads_and_writes_as_the_controll
     }
     drop(hook);
 }
+
+/// Issue 25: leadership is checked right before each write, not once per round. A replica that
+/// leads when the round starts and has lost the Lease by the time it would write (here: the
+/// first answer is "leader", every later one "not leader") writes neither the caBundle nor the
+/// Secret. (Failed on the old code: one check per round, then both writes.)
+#[tokio::test]
+async fn a_replica_that_lost_the_lease_after_its_check_writes_nothing() {
+    let s = support::scene("hook-lost").await;
+    let mut st = settings(&s.ns, lifetimes());
+    st.configuration = format!("kaic-lost-{}", s.ns);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    let hook = webhook::start(
+        s.client.clone(),
+        st.clone(),
+        Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
+        Arc::new(move || count.fetch_add(1, Ordering::SeqCst) == 0),
+        None,
+    )
+    .await
+    .expect("webhook starts");
+    install(
+        &s.client,
+        &configuration(&st.configuration, hook.addr.port(), &[&s.ns], false),
+    )
+    .await;
+    wait_for("leadership to be asked again after the first round", || {
+        let asked = asked.clone();
+        async move { (asked.load(Ordering::SeqCst) >= 3).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    assert!(
+        secrets.get_opt(&st.secret).await.expect("read").is_none(),
+        "the certificate Secret was written without leadership"
+    );
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(s.client.clone());
+    let mwc = mwcs.get(&st.configuration).await.expect("configuration");
+    assert!(
+        mwc.webhooks
+            .iter()
+            .flatten()
+            .all(|w| w.client_config.ca_bundle.is_none()),
+        "the caBundle was written without leadership"
+    );
+    println!(
+        "leadership asked {} times, nothing written",
+        asked.load(Ordering::SeqCst)
+    );
+    drop(hook);
+}

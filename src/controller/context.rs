@@ -354,8 +354,12 @@ impl Context {
             type_: Some("Normal".into()),
             ..K8sEvent::default()
         };
+        let pp = PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..PostParams::default()
+        };
         Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
-            .create(&PostParams::default(), &event)
+            .create(&pp, &event)
             .await
             .map(|_| ())
     }

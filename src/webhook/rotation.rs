@@ -11,10 +11,10 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Client;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -29,7 +29,15 @@ pub const MANAGER: &str = crate::controller::context::MANAGER;
 /// winning the election (a local flag read, no API call).
 const LEADERSHIP_POLL: Duration = Duration::from_millis(200);
 
-fn secret_for(settings: &Settings, m: &Material, resource_version: Option<String>) -> Secret {
+/// The Secret holding `m`. Owned by the webhook configuration when there is one, so the garbage
+/// collector removes it with the configuration (`helm uninstall`), whose replicas can no longer
+/// delete anything once the chart's RBAC is gone.
+fn secret_for(
+    settings: &Settings,
+    m: &Material,
+    resource_version: Option<String>,
+    owner: Option<OwnerReference>,
+) -> Secret {
     let mut data = std::collections::BTreeMap::new();
     let json = serde_json::to_vec(m).unwrap_or_default();
     data.insert(certs::STATE_KEY.to_string(), ByteString(json));
@@ -49,6 +57,7 @@ fn secret_for(settings: &Settings, m: &Material, resource_version: Option<String
                     .collect(),
             ),
             resource_version,
+            owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         },
         data: Some(data),
@@ -106,7 +115,7 @@ async fn rotate_once(
     let step = certs::plan(&current, &settings.sans, now, lifetimes);
     let mut next = certs::apply(&step, &current, &settings.sans, now, lifetimes)
         .map_err(|e| format!("generate certificate: {e}"))?;
-    publish_bundle(client, &settings.configuration, &next.bundle(), is_leader)
+    let owner = publish_bundle(client, &settings.configuration, &next.bundle(), is_leader)
         .await
         .map_err(|e| format!("update caBundle of {}: {e}", settings.configuration))?;
     if let Some(n) = next.next_ca.as_mut()
@@ -114,7 +123,11 @@ async fn rotate_once(
     {
         n.published_at = Some(now);
     }
-    if next == current && existing.is_some() {
+    let want_owners: Vec<OwnerReference> = owner.iter().cloned().collect();
+    let owned_as_wanted = existing.as_ref().is_some_and(|s| {
+        s.metadata.owner_references.as_deref().unwrap_or_default() == want_owners.as_slice()
+    });
+    if next == current && owned_as_wanted {
         return Ok(());
     }
     if !is_leader() {
@@ -122,7 +135,7 @@ async fn rotate_once(
     }
     info!(step = ?step, secret = %settings.secret, "webhook certificate updated");
     let rv = existing.and_then(|s| s.metadata.resource_version);
-    let secret = secret_for(settings, &next, rv.clone());
+    let secret = secret_for(settings, &next, rv.clone(), owner);
     let pp = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
@@ -161,19 +174,25 @@ pub fn bundle_patch(mwc: &MutatingWebhookConfiguration, bundle: &str) -> Option<
 
 /// Sets `bundle` as the `caBundle` of every webhook in the configuration (absent: nothing to
 /// do), patching only that field: the rest of the configuration belongs to Helm (or whoever
-/// installed it).
+/// installed it). Returns the configuration as the owner of the certificate's Secret.
 async fn publish_bundle(
     client: &Client,
     name: &str,
     bundle: &str,
     is_leader: &IsLeader,
-) -> Result<(), String> {
+) -> Result<Option<OwnerReference>, String> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(mwc) = api.get_opt(name).await.map_err(|e| e.to_string())? else {
-        return Ok(());
+        return Ok(None);
     };
+    let owner = mwc.controller_owner_ref(&()).map(|mut o| {
+        // Not the Secret's controller: only its lifetime follows the configuration.
+        o.controller = None;
+        o.block_owner_deletion = None;
+        o
+    });
     let Some(patch) = bundle_patch(&mwc, bundle) else {
-        return Ok(());
+        return Ok(owner);
     };
     if !is_leader() {
         return Err("no longer the leader: the caBundle is left as it is".into());
@@ -186,7 +205,7 @@ async fn publish_bundle(
         .await
         .map_err(|e| e.to_string())?;
     info!(configuration = name, "caBundle updated");
-    Ok(())
+    Ok(owner)
 }
 
 /// Every replica: serve the certificate in the Secret, switching as soon as it changes.

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod helm;
 pub mod kubelet;
 pub mod manifests;
+pub mod node;
 pub mod pod;
 pub mod proxy;
 pub mod raw;
