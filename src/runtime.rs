@@ -173,6 +173,8 @@ impl Process {
                 instance: parts.instance,
             },
         ));
+        // One AWSIAMRole cache for the loop and the webhook.
+        let roles = controller::RoleCache::default();
         // Every replica serves admissions; only the leader rotates the certificate.
         let webhook = match parts.webhook {
             Some(settings) => {
@@ -184,6 +186,7 @@ impl Process {
                         ctx.metrics.clone(),
                         Arc::new(move || leader.is_leader()),
                         Some(crate::webhook::policy_check(ctx.clone())),
+                        Some(roles.view()),
                     )
                     .await?,
                 ))
@@ -210,6 +213,7 @@ impl Process {
         let loop_done = controller::run(
             ctx.clone(),
             parts.run,
+            roles,
             self.ready.clone(),
             shutdown.requested(),
         );

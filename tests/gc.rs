@@ -65,6 +65,7 @@ async fn the_webhook_certificate_secret_goes_with_its_configuration() {
         Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
         Arc::new(|| true),
         None,
+        None,
     )
     .await
     .expect("webhook starts");

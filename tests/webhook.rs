@@ -52,6 +52,7 @@ async fn start(client: &Client, s: Settings, leader: bool) -> Handle {
         Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
         Arc::new(move || leader),
         None,
+        None,
     )
     .await
     .expect("webhook starts")
@@ -551,6 +552,7 @@ async fn certificate_rotation_while_pods_are_created_fails_no_admission() {
         settings(&s.ns, short),
         metrics.clone(),
         Arc::new(|| false),
+        None,
         None,
     )
     .await
@@ -1262,6 +1264,7 @@ async fn rotation_starts_as_soon_as_the_replica_leads_and_writes_as_the_controll
         Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
         Arc::new(move || flag.load(Ordering::SeqCst)),
         None,
+        None,
     )
     .await
     .expect("webhook starts");
@@ -1362,6 +1365,7 @@ async fn a_replica_that_lost_the_lease_after_its_check_writes_nothing() {
         st.clone(),
         Arc::new(kube_aws_iam_controller::metrics::Metrics::new()),
         Arc::new(move || count.fetch_add(1, Ordering::SeqCst) == 0),
+        None,
         None,
     )
     .await

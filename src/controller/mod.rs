@@ -47,12 +47,48 @@ pub struct RunOptions {
     pub janitor_interval: Duration,
 }
 
+/// The AWSIAMRoles' watch cache: filled by the reconcile loop's watch ([`run`]) and read by
+/// the admission webhook too, so the process keeps one trimmed copy of every role.
+pub struct RoleCache {
+    store: reflector::Store<AWSIAMRole>,
+    writer: reflector::store::Writer<AWSIAMRole>,
+    synced_tx: watch::Sender<bool>,
+}
+
+/// A reader of the [`RoleCache`]: the store, and whether its first list is in.
+#[derive(Clone)]
+pub struct RoleView {
+    pub store: reflector::Store<AWSIAMRole>,
+    pub synced: watch::Receiver<bool>,
+}
+
+impl Default for RoleCache {
+    fn default() -> Self {
+        let (store, writer) = reflector::store();
+        RoleCache {
+            store,
+            writer,
+            synced_tx: watch::Sender::new(false),
+        }
+    }
+}
+
+impl RoleCache {
+    pub fn view(&self) -> RoleView {
+        RoleView {
+            store: self.store.clone(),
+            synced: self.synced_tx.subscribe(),
+        }
+    }
+}
+
 /// Runs until `shutdown` resolves and in-flight reconciles have finished (at once if the watch
 /// caches never synced: then nothing is in flight); `ready` turns true once the watch caches
 /// are filled.
 pub async fn run(
     ctx: Arc<Context>,
     opts: RunOptions,
+    roles: RoleCache,
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -69,13 +105,17 @@ pub async fn run(
     };
     // NOTE: `Store::wait_until_ready` wakes only one of several waiters (the Controller is
     // one already), so cache sync is observed on the watch streams themselves.
-    let (roles_synced_tx, roles_synced) = watch::channel(false);
     let (secrets_synced_tx, secrets_synced) = watch::channel(false);
     let (namespaces_synced_tx, namespaces_synced) =
         watch::channel(!ctx.policy.watches_namespaces());
     let (synced_tx, synced) = watch::channel(false);
 
-    let (role_store, role_writer) = reflector::store();
+    let RoleCache {
+        store: role_store,
+        writer: role_writer,
+        synced_tx: roles_synced_tx,
+    } = roles;
+    let roles_synced = roles_synced_tx.subscribe();
     let roles = role_events(
         &ctx,
         &opts,

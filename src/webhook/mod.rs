@@ -133,6 +133,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     is_leader: IsLeader,
     policy: Option<PolicyCheck>,
+    roles: Option<crate::controller::RoleView>,
 ) -> Result<Handle, crate::Error> {
     if let TlsSource::SelfManaged(l) = &settings.tls {
         l.validate().map_err(crate::Error::Config)?;
@@ -153,11 +154,23 @@ pub async fn start(
         .map_err(|e| crate::Error::Config(format!("webhook TLS: {e}")))?;
     let mut tasks = Vec::new();
 
-    let (roles, roles_writer) = reflector::store();
+    // The controller's own (trimmed) AWSIAMRole cache when the webhook runs beside it; a
+    // watch of its own otherwise.
+    let (role_view, own_roles) = match roles {
+        Some(view) => (view, None),
+        None => {
+            let (store, writer) = reflector::store();
+            let (synced_tx, synced) = tokio::sync::watch::channel(false);
+            (
+                crate::controller::RoleView { store, synced },
+                Some((writer, synced_tx)),
+            )
+        }
+    };
     let (accounts, accounts_writer) = reflector::store();
     let shared = Arc::new(Shared {
         client: client.clone(),
-        roles,
+        roles: role_view.store.clone(),
         accounts,
         roles_ready: AtomicBool::new(false),
         region: settings.region.clone(),
@@ -173,10 +186,17 @@ pub async fn start(
             ),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-    let role_stream = reflector::reflector(roles_writer, watcher(role_api, Default::default()))
-        .default_backoff()
-        .touched_objects();
-    tasks.push(tokio::spawn(role_stream.for_each(|_| async {})));
+    if let Some((writer, synced_tx)) = own_roles {
+        let role_stream = reflector::reflector(writer, watcher(role_api, Default::default()))
+            .default_backoff()
+            .inspect(move |ev| {
+                if matches!(ev, Ok(watcher::Event::InitDone)) {
+                    synced_tx.send_replace(true);
+                }
+            })
+            .touched_objects();
+        tasks.push(tokio::spawn(role_stream.for_each(|_| async {})));
+    }
     // Metadata only: the annotation is all the webhook reads.
     let account_stream =
         reflector::reflector(accounts_writer, watcher(account_api, Default::default()))
@@ -187,7 +207,8 @@ pub async fn start(
     tasks.push(tokio::spawn(async move {
         // Until then "does not exist" could be wrong: no role warnings before the first list.
         // (A ServiceAccount the cache lacks is read from the API server instead.)
-        if s.roles.wait_until_ready().await.is_ok() {
+        let mut synced = role_view.synced;
+        if synced.wait_for(|synced| *synced).await.is_ok() {
             s.roles_ready.store(true, Ordering::SeqCst);
         }
     }));
