@@ -53,14 +53,15 @@ fn cases() -> u32 {
 
 /// The most one input may take (debug build, two busy cores): far above what any input
 /// needs (the slowest, 256 allowed-roles patterns compiled, takes 0.25 s alone and took 11 s
-/// once beside two builds), far below what a blow-up (a backtracking regular expression,
-/// quadratic JSON on 16 KiB) takes. `KAIC_FUZZ_BUDGET_MS` changes it.
+/// once beside two builds, so 30 s leaves room for a loaded CI machine), far below what a
+/// blow-up (a backtracking regular expression, quadratic JSON on 16 KiB) takes.
+/// `KAIC_FUZZ_BUDGET_MS` changes it.
 fn budget() -> Duration {
     Duration::from_millis(
         std::env::var("KAIC_FUZZ_BUDGET_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000),
+            .unwrap_or(30_000),
     )
 }
 
@@ -201,6 +202,24 @@ fn mutated(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(edit(), 0..8),
     )
         .prop_map(|(seed, edits)| apply_edits(seed, &edits))
+}
+
+/// The stack of the thread each fuzz test runs on. A debug build's frames are many times a
+/// release build's, and proptest shrinks a failing input of a recursive strategy recursively: on
+/// the test harness's 2 MiB a run once aborted with a stack overflow (the policy target, on a
+/// loaded machine) instead of reporting its input. Reserved, not committed: untouched pages
+/// cost nothing.
+const FUZZ_STACK: usize = 512 << 20;
+
+/// Runs `test` on a thread with a [`FUZZ_STACK`] stack; its panic is the caller's.
+fn on_a_large_stack(test: fn()) {
+    let run = std::thread::Builder::new()
+        .stack_size(FUZZ_STACK)
+        .spawn(test)
+        .expect("spawn the fuzz thread");
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Runs one target: the corpus first, then `strategy`'s inputs through the same `check`.
@@ -403,6 +422,10 @@ fn check_arn(input: &[u8]) {
 
 #[test]
 fn fuzz_arn_and_role_reference_parsing() {
+    on_a_large_stack(fuzz_arn_and_role_reference_parsing_run);
+}
+
+fn fuzz_arn_and_role_reference_parsing_run() {
     static STATS: Stats = Stats::new();
     fuzz(
         "arn",
@@ -587,6 +610,10 @@ fn judge(annotations: &BTreeMap<String, String>, reference: &str) {
 
 #[test]
 fn fuzz_namespace_policy_annotations() {
+    on_a_large_stack(fuzz_namespace_policy_annotations_run);
+}
+
+fn fuzz_namespace_policy_annotations_run() {
     static STATS: Stats = Stats::new();
     let structured = (
         prop::option::of(kiam_regex()),
@@ -689,6 +716,10 @@ fn check_crd(input: &[u8]) {
 
 #[test]
 fn fuzz_lenient_awsiamrole_spec_decoding() {
+    on_a_large_stack(fuzz_lenient_awsiamrole_spec_decoding_run);
+}
+
+fn fuzz_lenient_awsiamrole_spec_decoding_run() {
     static STATS: Stats = Stats::new();
     fuzz(
         "crd",
@@ -925,6 +956,10 @@ fn check_secret(input: &[u8]) {
 
 #[test]
 fn fuzz_secret_parsers() {
+    on_a_large_stack(fuzz_secret_parsers_run);
+}
+
+fn fuzz_secret_parsers_run() {
     static STATS: Stats = Stats::new();
     fuzz(
         "secret",
@@ -940,6 +975,10 @@ fn fuzz_secret_parsers() {
 
 #[test]
 fn rendered_credentials_read_back_the_same() {
+    on_a_large_stack(rendered_credentials_read_back_the_same_run);
+}
+
+fn rendered_credentials_read_back_the_same_run() {
     static STATS: Stats = Stats::new();
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("credentials.json");
@@ -1052,6 +1091,10 @@ fn check_cache(input: &[u8]) {
 
 #[test]
 fn fuzz_secret_metadata_cache_packing() {
+    on_a_large_stack(fuzz_secret_metadata_cache_packing_run);
+}
+
+fn fuzz_secret_metadata_cache_packing_run() {
     static STATS: Stats = Stats::new();
     fuzz(
         "cache",
@@ -1276,6 +1319,10 @@ fn check_webhook(input: &[u8]) {
 
 #[test]
 fn fuzz_webhook_admission_review_and_mutate() {
+    on_a_large_stack(fuzz_webhook_admission_review_and_mutate_run);
+}
+
+fn fuzz_webhook_admission_review_and_mutate_run() {
     static STATS: Stats = Stats::new();
     fuzz(
         "webhook",
@@ -1345,6 +1392,10 @@ fn file_json() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn fuzz_credentials_file_reader() {
+    on_a_large_stack(fuzz_credentials_file_reader_run);
+}
+
+fn fuzz_credentials_file_reader_run() {
     static STATS: Stats = Stats::new();
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("credentials.json");
