@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
@@ -38,16 +38,8 @@ const MAX_BYTES: u64 = 64 * 1024;
 /// Random bytes in a token (hex-encoded in the file: 64 characters).
 const TOKEN_BYTES: usize = 32;
 
-/// `credentials.json`: the process-credentials JSON the controller writes (docs/secret-format.md).
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct ProcessCredentials {
-    version: u32,
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-    expiration: Option<DateTime<Utc>>,
-}
+// `credentials.json`: the process-credentials JSON the controller writes (docs/secret-format.md).
+use crate::aws::file_credentials::ProcessCredentials;
 
 /// The container credentials protocol's answer.
 #[derive(Serialize)]

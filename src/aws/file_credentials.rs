@@ -16,15 +16,16 @@ use serde::Deserialize;
 /// Largest file accepted (a credentials.json is well under 4 KiB).
 const MAX_BYTES: u64 = 64 * 1024;
 
-/// `credentials.json` in the AWS process-credentials format, Version 1.
+/// `credentials.json` in the AWS process-credentials format, Version 1 (also read by the
+/// `serve-credentials` sidecar).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ProcessCredentials {
-    version: u32,
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-    expiration: Option<DateTime<Utc>>,
+pub(crate) struct ProcessCredentials {
+    pub(crate) version: u32,
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: String,
+    pub(crate) session_token: Option<String>,
+    pub(crate) expiration: Option<DateTime<Utc>>,
 }
 
 /// Reads credentials from a process-credentials JSON file on every call.

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, ExecAction, Pod, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, ExecAction, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -321,20 +321,7 @@ fn inject(c: &mut Container, env: &[(&'static str, String)], warnings: &mut Vec<
         }),
     }
     let vars = c.env.get_or_insert_with(Vec::new);
-    for (name, value) in env {
-        match vars.iter().find(|v| v.name == *name) {
-            Some(v) if v.value.as_deref() == Some(value.as_str()) && v.value_from.is_none() => {}
-            Some(_) => warnings.push(format!(
-                "container {} sets {name} to another value: kept, the SDK may not use the role's credentials",
-                c.name
-            )),
-            None => vars.push(EnvVar {
-                name: (*name).into(),
-                value: Some(value.clone()),
-                ..Default::default()
-            }),
-        }
-    }
+    mutate::set_env(vars, &c.name, env, warnings);
     for name in OVERRIDING {
         if vars.iter().any(|v| v.name == name) {
             warnings.push(format!(

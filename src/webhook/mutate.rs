@@ -210,20 +210,7 @@ fn inject(
         c.volume_mounts = None;
     }
     let vars = c.env.get_or_insert_with(Vec::new);
-    for (name, value) in env {
-        match vars.iter().find(|v| v.name == *name) {
-            Some(v) if v.value.as_deref() == Some(value.as_str()) && v.value_from.is_none() => {}
-            Some(_) => warnings.push(format!(
-                "container {} sets {name} to another value: kept, the SDK may not use the role's credentials",
-                c.name
-            )),
-            None => vars.push(EnvVar {
-                name: (*name).into(),
-                value: Some(value.clone()),
-                ..Default::default()
-            }),
-        }
-    }
+    set_env(vars, &c.name, env, warnings);
     for name in OVERRIDING {
         if vars.iter().any(|v| v.name == name) {
             warnings.push(format!(
@@ -250,6 +237,29 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+/// Adds each of `env` to a container's variables (`container` names it in warnings); a variable
+/// the container already sets to another value is kept, with a warning. Shared by both modes.
+pub(crate) fn set_env(
+    vars: &mut Vec<EnvVar>,
+    container: &str,
+    env: &[(&'static str, String)],
+    warnings: &mut Vec<String>,
+) {
+    for (name, value) in env {
+        match vars.iter().find(|v| v.name == *name) {
+            Some(v) if v.value.as_deref() == Some(value.as_str()) && v.value_from.is_none() => {}
+            Some(_) => warnings.push(format!(
+                "container {container} sets {name} to another value: kept, the SDK may not use the role's credentials"
+            )),
+            None => vars.push(EnvVar {
+                name: (*name).into(),
+                value: Some(value.clone()),
+                ..Default::default()
+            }),
+        }
     }
 }
 
