@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds everything a real single-node cluster needs, from the Go module proxy and Debian's gcc,
 # into a cache outside the repo keyed by the versions (a second run is a cache hit):
-#   kubelet, kube-scheduler, kube-controller-manager   k8s.io/kubernetes (same technique and
-#                                                      ldflags as build-control-plane.sh)
+#   kubelet, kube-scheduler, kube-controller-manager,  k8s.io/kubernetes (same technique and
+#   kube-proxy                                         ldflags as build-control-plane.sh)
 #   containerd, containerd-shim-runc-v2, ctr           github.com/containerd/containerd/v2
-#   runc                                               github.com/opencontainers/runc (cgo, no seccomp tag)
+#   runc                                               github.com/opencontainers/runc (cgo, seccomp tag:
+#                                                      Debian's libseccomp-dev; the chart asks for
+#                                                      the RuntimeDefault seccomp profile)
 #   cni/{bridge,host-local,loopback,portmap}           github.com/containernetworking/plugins
 #   pause                                              build/pause/linux/pause.c of the kubernetes module, gcc -static
+#   iptables/ (iptables-nft and its libraries)         Debian's packages (apt-get download), for kube-proxy
 #
 # Usage: scripts/build-node.sh       (prints the directory holding the binaries)
 # Env:   KUBE_VERSION (v1.37.2), CONTAINERD_VERSION (v2.4.2), RUNC_VERSION (v1.5.3),
@@ -23,15 +26,21 @@ OUT="$CACHE/node/k8s-$KUBE_VERSION-containerd-$CONTAINERD_VERSION-runc-$RUNC_VER
 STAGING_VERSION="v0.${KUBE_VERSION#v1.}"
 CNI_PLUGINS=(bridge host-local loopback portmap)
 
+IPTABLES_DEBS=(iptables libip4tc2 libip6tc2 libxtables12 libnetfilter-conntrack3 libnfnetlink0 libnftnl11 libmnl0)
+
+iptables_ok() { LD_LIBRARY_PATH="$OUT/iptables/lib" "$OUT/iptables/bin/iptables" --version >/dev/null 2>&1; }
 ok() { # every binary present, and the ones that can say so report a version
   [ -x "$OUT/pause" ] || return 1
+  iptables_ok || return 1
+  "$OUT/kube-proxy" --version >/dev/null 2>&1 || return 1
   for p in "${CNI_PLUGINS[@]}"; do [ -x "$OUT/cni/$p" ] || return 1; done
   [ -x "$OUT/containerd-shim-runc-v2" ] || return 1
   "$OUT/kubelet" --version >/dev/null 2>&1 && "$OUT/kube-scheduler" --version >/dev/null 2>&1 \
     && "$OUT/kube-controller-manager" --version >/dev/null 2>&1 \
     && "$OUT/containerd" --version >/dev/null 2>&1 && "$OUT/ctr" --version >/dev/null 2>&1 \
-    && "$OUT/runc" --version >/dev/null 2>&1
+    && runc_ok
 }
+runc_ok() { "$OUT/runc" --version 2>/dev/null | grep -q '^libseccomp:'; }
 if ok; then echo "$OUT"; exit 0; fi
 # One build at a time per cache (clones share it); the one that waited finds it done.
 mkdir -p "$CACHE/node"
@@ -65,13 +74,14 @@ go mod init kaic-node-build >/dev/null 2>&1
   echo "  k8s.io/kubernetes/cmd/kubelet"
   echo "  k8s.io/kubernetes/cmd/kube-scheduler"
   echo "  k8s.io/kubernetes/cmd/kube-controller-manager"
+  echo "  k8s.io/kubernetes/cmd/kube-proxy"
   echo ")"
 } >> go.mod
 go mod tidy >&2
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
 ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
-for cmd in kubelet kube-scheduler kube-controller-manager; do
+for cmd in kubelet kube-scheduler kube-controller-manager kube-proxy; do
   "$OUT/$cmd" --version >/dev/null 2>&1 && continue
   CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2
   mv "$OUT/$cmd.tmp" "$OUT/$cmd"
@@ -84,6 +94,7 @@ gcc -Os -Wall -Werror -static -DVERSION="kaic-$KUBE_VERSION" -o "$OUT/pause.tmp"
 mv "$OUT/pause.tmp" "$OUT/pause"
 
 # containerd: no replace directives, so `go build pkg@version` in a scratch module works.
+if ! { "$OUT/containerd" --version && "$OUT/ctr" --version && [ -x "$OUT/containerd-shim-runc-v2" ]; } >/dev/null 2>&1; then
 mkdir "$work/containerd" && cd "$work/containerd"
 go mod init kaic-containerd-build >/dev/null 2>&1
 go get "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
@@ -97,17 +108,26 @@ for cmd in containerd containerd-shim-runc-v2 ctr; do
   mv "$OUT/$cmd.tmp" "$OUT/$cmd"
 done
 step "containerd built"
+fi
 
-# runc: needs cgo (nsenter); built without the seccomp tag (no libseccomp-dev needed).
+# runc: needs cgo (nsenter) and, for seccomp profiles, libseccomp (linked dynamically: Debian's
+# libseccomp2 is part of every install, apt depends on it).
+if ! runc_ok; then
+if ! [ -f /usr/include/seccomp.h ] || ! command -v pkg-config >/dev/null; then
+  echo "build-node: installing libseccomp-dev and pkg-config (for runc's seccomp support)" >&2
+  apt-get install -y -qq libseccomp-dev pkg-config >&2 || { apt-get update -qq >&2 && apt-get install -y -qq libseccomp-dev pkg-config >&2; }
+fi
 mkdir "$work/runc" && cd "$work/runc"
 go mod init kaic-runc-build >/dev/null 2>&1
 go get "github.com/opencontainers/runc@$RUNC_VERSION" >&2
-CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" \
+CGO_ENABLED=1 go build -trimpath -tags seccomp -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" \
   -o "$OUT/runc.tmp" github.com/opencontainers/runc >&2
 mv "$OUT/runc.tmp" "$OUT/runc"
 step "runc built"
+fi
 
 # CNI plugins.
+if ! for p in "${CNI_PLUGINS[@]}"; do [ -x "$OUT/cni/$p" ] || exit 1; done; then
 mkdir "$work/cni" && cd "$work/cni"
 go mod init kaic-cni-build >/dev/null 2>&1
 go get "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \
@@ -120,6 +140,22 @@ for p in "${CNI_PLUGINS[@]}"; do
   mv "$OUT/cni/$p.tmp" "$OUT/cni/$p"
 done
 step "CNI plugins built"
+fi
+
+# iptables for kube-proxy, from Debian's packages (the multi-call binary runs as iptables,
+# iptables-save, iptables-restore, ip6tables...; nf_tables backend, rules per network namespace).
+if ! iptables_ok; then
+  mkdir -p "$work/debs" && cd "$work/debs"
+  apt-get download "${IPTABLES_DEBS[@]}" >&2 2>/dev/null || { apt-get update -qq >&2 && apt-get download "${IPTABLES_DEBS[@]}" >&2; }
+  for d in ./*.deb; do dpkg-deb -x "$d" "$work/debs/root"; done
+  rm -rf "$OUT/iptables" && mkdir -p "$OUT/iptables/bin" "$OUT/iptables/lib"
+  cp -a "$work/debs/root/usr/lib/x86_64-linux-gnu/." "$OUT/iptables/lib/"
+  cp "$work/debs/root/usr/sbin/xtables-nft-multi" "$OUT/iptables/bin/"
+  for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -sf xtables-nft-multi "$OUT/iptables/bin/$n"
+  done
+  step "iptables from Debian unpacked"
+fi
 
 ok || { echo "build-node: built binaries do not run" >&2; exit 1; }
 step "done"

@@ -136,9 +136,18 @@ pub fn certs(dir: &Path) -> (String, String, String, String, String) {
     let issuer = Issuer::new(ca, ca_key);
 
     let serving_key = KeyPair::generate().expect("key");
-    let mut serving =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
+    // The names pods on the real node use too (tests/support/node.rs): the `kubernetes`
+    // Service's ClusterIP and DNS names, and the node's address the API server advertises.
+    let names = [
+        "localhost",
+        "127.0.0.1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "10.0.0.1",
+        super::node::NODE_IP,
+    ];
+    let mut serving = CertificateParams::new(names.map(String::from).to_vec()).expect("params");
     serving
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
@@ -163,6 +172,9 @@ pub fn certs(dir: &Path) -> (String, String, String, String, String) {
         ("serving.key", serving_key.serialize_pem()),
         ("sa.key", sa_key.serialize_pem()),
         ("sa.pub", sa_key.public_key_pem()),
+        // The API server's client certificate towards kubelets (logs, exec).
+        ("admin.crt", admin_cert.pem()),
+        ("admin.key", admin_key.serialize_pem()),
     ] {
         std::fs::write(dir.join(name), content).expect("write cert");
     }
@@ -236,7 +248,14 @@ pub async fn start_env(apiserver_flags: &'static [&'static str]) -> Env {
         "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
         "--allow-privileged=true".into(),
     ];
-    apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
+    // A test binary's flag replaces the default of the same name (list flags would otherwise
+    // append); `{dir}` is the control plane's directory.
+    for flag in apiserver_flags {
+        let flag = flag.replace("{dir}", &dir.display().to_string());
+        let name = flag.split('=').next().unwrap_or_default().to_string();
+        apiserver_args.retain(|a| a.split('=').next() != Some(name.as_str()));
+        apiserver_args.push(flag);
+    }
     let env_ = Env {
         kubeconfig: dir.join("kubeconfig"),
         dir: dir.clone(),

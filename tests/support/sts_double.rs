@@ -167,9 +167,15 @@ pub struct StsDouble {
 impl StsDouble {
     /// Binds a free port on 127.0.0.1 and serves until the double is dropped.
     pub async fn start() -> StsDouble {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Binds a free port on `ip` (the real node's address, which its pods reach) and serves
+    /// until the double is dropped.
+    pub async fn start_on(ip: &str) -> StsDouble {
+        let listener = tokio::net::TcpListener::bind((ip, 0))
             .await
-            .expect("STS double: bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("STS double: bind {ip}:0: {e}"));
         let addr = listener.local_addr().expect("STS double: local_addr");
         let shared = Arc::new(Shared::default());
         shared.lock().users = USERS
