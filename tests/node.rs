@@ -13,10 +13,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use kube::{Client, ResourceExt};
+use kube_aws_iam_controller::crd::AWSIAMRole;
 use serde_json::json;
 
 use support::BASE_ROLE_ARN;
@@ -29,6 +31,8 @@ const RELEASE: &str = "kube-aws-iam-controller";
 const SYSTEM: &str = "kube-system";
 const IMAGE_REPOSITORY: &str = "kaic.local/kube-aws-iam-controller";
 const IMAGE_TAG: &str = "test";
+/// The long-term key the controller signs its STS calls with (one of the double's users).
+const CONTROLLER_KEY: &str = "AKIDCONTROLLER000000";
 
 /// The image built by scripts/build-image.sh (test.sh passes KAIC_IMAGE_DIR).
 fn controller_image_layout() -> std::path::PathBuf {
@@ -98,7 +102,7 @@ async fn install(node: &Node, sts: &StsDouble) {
             &serde_json::from_value(json!({
                 "metadata": {"name": "controller-aws-credentials"},
                 "stringData": {
-                    "AWS_ACCESS_KEY_ID": "AKIDCONTROLLER000000",
+                    "AWS_ACCESS_KEY_ID": CONTROLLER_KEY,
                     "AWS_SECRET_ACCESS_KEY": "controller-secret",
                 },
             }))
@@ -195,19 +199,682 @@ fn the_chart_serves_real_pods_on_a_real_node() {
 }
 
 async fn scenarios(node: std::sync::Arc<Node>) {
-    {
-        {
-            let started = Instant::now();
-            node.import_layout(
-                &controller_image_layout(),
-                &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
-            );
-            println!(
-                "node: images imported in {} ms",
-                started.elapsed().as_millis()
-            );
-            let sts = StsDouble::start_on(NODE_IP).await;
-            install(&node, &sts).await;
+    let started = Instant::now();
+    node.import_layout(
+        &controller_image_layout(),
+        &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
+    );
+    let images = AppImages::load();
+    for archive in &images.archives {
+        node.import(archive);
+    }
+    println!(
+        "node: images imported in {} ms",
+        started.elapsed().as_millis()
+    );
+    let sts = StsDouble::start_on(NODE_IP).await;
+    install(&node, &sts).await;
+    first_pod_after_install_is_admitted(&node, &images).await;
+    seed_promise(&node, &sts, &images).await;
+    let apps = Apps::start(&node, &sts, &images).await;
+    operations(&node, &images).await;
+    deletion(&node).await;
+    apps.finish(&node, &sts).await;
+}
+
+/// The app images of scripts/build-node-images.sh (test.sh passes KAIC_NODE_IMAGES).
+struct AppImages {
+    busybox: String,
+    awscli: String,
+    rust_client: String,
+    archives: Vec<std::path::PathBuf>,
+}
+
+impl AppImages {
+    fn load() -> AppImages {
+        let dir = std::env::var_os("KAIC_NODE_IMAGES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let out = std::process::Command::new(
+                    support::repo().join("scripts/build-node-images.sh"),
+                )
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("scripts/build-node-images.sh runs");
+                assert!(out.status.success(), "scripts/build-node-images.sh failed");
+                std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+            });
+        let vars = std::fs::read_to_string(dir.join("images.env")).expect("images.env");
+        let var = |name: &str| {
+            vars.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in images.env"))
+                .trim()
+                .to_string()
+        };
+        AppImages {
+            busybox: var("BUSYBOX_IMAGE"),
+            awscli: var("AWSCLI_IMAGE"),
+            rust_client: var("RUST_CLIENT_IMAGE"),
+            archives: ["busybox.tar", "awscli.tar", "rust-client.tar"]
+                .iter()
+                .map(|f| dir.join(f))
+                .collect(),
         }
     }
+}
+
+/// A namespace whose role policy permits every role (kiam's annotation).
+async fn namespace(client: &Client, name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name, "annotations": {"iam.amazonaws.com/permitted": ".*"}},
+            }))
+            .expect("namespace"),
+        )
+        .await
+        .expect("create namespace");
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), name);
+    within(60, "the namespace's default ServiceAccount", || async {
+        sas.get_opt("default").await.ok().flatten()
+    })
+    .await;
+}
+
+async fn create_role(client: &Client, ns: &str, name: &str, seconds: i64) {
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), ns);
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "zalando.org/v1",
+                "kind": "AWSIAMRole",
+                "metadata": {"name": name},
+                "spec": {"roleReference": name, "roleSessionDuration": seconds},
+            }))
+            .expect("AWSIAMRole"),
+        )
+        .await
+        .expect("create AWSIAMRole");
+}
+
+/// A pod opted in to the webhook by its label (Debian's busybox-static: admission is what
+/// matters; its role's Secret may not exist).
+fn opted_in_pod(name: &str, role: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"zalando.org/aws-iam-role": role}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "image": image, "command": ["sleep", "3600"]}],
+        },
+    }))
+    .expect("pod")
+}
+
+/// The issue's first defect: opted-in pods were refused for up to about 50 s after
+/// `helm install --wait` (the certificate came late and `/readyz` ignored it).
+async fn first_pod_after_install_is_admitted(node: &Node, images: &AppImages) {
+    let client = node.client().await;
+    namespace(&client, "admit").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "admit");
+    let pod = pods
+        .create(
+            &PostParams::default(),
+            &opted_in_pod("first", "none-yet", &images.busybox),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the first opted-in pod after helm install --wait: {e}"));
+    let mounts = pod.spec.expect("spec").volumes.unwrap_or_default();
+    assert!(
+        mounts.iter().any(|v| v
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("none-yet"))),
+        "the webhook mutated the first pod (its role's Secret is mounted)"
+    );
+    println!("(a) the first opted-in pod after helm install --wait was admitted and mutated");
+}
+
+fn app_env(sts: &StsDouble) -> serde_json::Value {
+    json!([
+        {"name": "AWS_ENDPOINT_URL_STS", "value": sts.endpoint},
+        {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
+        {"name": "AWS_REGION", "value": "us-east-1"},
+    ])
+}
+
+fn deployment(
+    name: &str,
+    role: &str,
+    annotations: serde_json::Value,
+    container: serde_json::Value,
+) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name, "zalando.org/aws-iam-role": role},
+                    "annotations": annotations,
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+                    "containers": [container],
+                },
+            },
+        },
+    }))
+    .expect("deployment")
+}
+
+async fn app_pod(client: &Client, ns: &str, app: &str) -> Option<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+}
+
+fn running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// (b) The seed's promise: a Deployment created before its AWSIAMRole waits in
+/// ContainerCreating, starts once the AWSIAMRole exists, and its AWS CLI and boto3 print the
+/// role's ARN; STS sees only that role's calls from it.
+async fn seed_promise(node: &Node, sts: &StsDouble, images: &AppImages) {
+    let client = node.client().await;
+    let ns = "promise";
+    namespace(&client, ns).await;
+    let script = "aws sts get-caller-identity --query Arn --output text && \
+        python3 -c \"import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])\" && \
+        exec sleep 100000";
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment(
+                "cli",
+                "promise-role",
+                json!({}),
+                json!({"name": "cli", "image": images.awscli, "command": ["sh", "-c", script], "env": app_env(sts)}),
+            ),
+        )
+        .await
+        .expect("create the app before its AWSIAMRole");
+    let pod = within(60, "the app's pod to wait for its Secret", || async {
+        let p = app_pod(&client, ns, "cli").await?;
+        (waiting_reason(&p).as_deref() == Some("ContainerCreating")).then_some(p)
+    })
+    .await;
+    // It keeps waiting while the AWSIAMRole does not exist.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let still = pods.get(&pod.name_any()).await.expect("pod");
+    assert!(!running(&still), "the pod started without its Secret");
+    assert_eq!(waiting_reason(&still).as_deref(), Some("ContainerCreating"));
+    let created = Instant::now();
+    create_role(&client, ns, "promise-role", 3600).await;
+    let arn = format!("{BASE_ROLE_ARN}promise-role");
+    let out = within(120, "the app to print its role twice", || async {
+        let text = logs(&client, ns, &pod.name_any()).await;
+        (text
+            .lines()
+            .filter(|l| l.contains("assumed-role/promise-role/"))
+            .count()
+            >= 2)
+            .then_some(text)
+    })
+    .await;
+    let started_after = created.elapsed();
+    // Every call STS saw, except the controller's own (signed with its key), was signed by a
+    // key issued for this role: the pod never ran with another identity, nor with none.
+    let issued: BTreeSet<String> = sts.issued_keys(&arn).into_iter().collect();
+    let app_calls: Vec<_> = sts
+        .requests()
+        .into_iter()
+        .filter(|r| r.caller_access_key.as_deref() != Some(CONTROLLER_KEY))
+        .collect();
+    for r in &app_calls {
+        {
+            let key = r.caller_access_key.clone().unwrap_or_default();
+            assert!(
+                issued.contains(&key),
+                "a GetCallerIdentity signed with {key}, not a key of {arn}"
+            );
+        }
+    }
+    let calls = app_calls.len();
+    assert_eq!(calls, 2, "the AWS CLI's and boto3's calls:\n{out}");
+    println!(
+        "(b) the pod waited in ContainerCreating while its AWSIAMRole did not exist; started and printed its role {} ms after the AWSIAMRole was created; STS saw {calls} calls, all with the role's keys",
+        started_after.as_millis()
+    );
+}
+
+/// The role of the long-running apps: credentials live 240 s (the STS double's override), so
+/// the controller renews them every 120 s (at half-life) and the kubelet, at its default
+/// `syncFrequency` of 1 minute, has 120 s to bring the new ones into the pods.
+const LOOP_NS: &str = "apps";
+const LOOP_ROLE: &str = "loop-role";
+const LOOP_LIFETIME: Duration = Duration::from_secs(240);
+
+/// One `sts:GetCallerIdentity` every 3 s from one STS client, printing the key it signed with:
+/// `OK <arn> <key>` or `ERR <error>`.
+const BOTO3_LOOP: &str = r#"
+import boto3, time
+sts = boto3.client("sts")
+while True:
+    try:
+        arn = sts.get_caller_identity()["Arn"]
+        key = sts._request_signer._credentials.get_frozen_credentials().access_key
+        print("OK", arn, key, flush=True)
+    except Exception as e:
+        print("ERR", type(e).__name__, str(e)[:300].replace("\n", " "), flush=True)
+    time.sleep(3)
+"#;
+
+/// (time, access key id) each time the Secret's key changed, and the resourceVersions seen.
+type SecretChanges = std::sync::Arc<
+    std::sync::Mutex<(
+        Vec<(chrono::DateTime<chrono::Utc>, String)>,
+        BTreeSet<String>,
+    )>,
+>;
+
+/// The apps running through the operations: boto3 through `credentials.process` (a shell and
+/// `cat`), and the static Rust client without a shell through the credentials endpoint.
+struct Apps {
+    secret_changes: SecretChanges,
+    watcher: tokio::task::JoinHandle<()>,
+    started: Instant,
+}
+
+fn secret_key(secret: &Secret) -> Option<String> {
+    let creds = secret.data.as_ref()?.get("credentials")?;
+    String::from_utf8_lossy(&creds.0).lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("aws_access_key_id")
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+    })
+}
+
+impl Apps {
+    async fn start(node: &Node, sts: &StsDouble, images: &AppImages) -> Apps {
+        let client = node.client().await;
+        namespace(&client, LOOP_NS).await;
+        sts.lifetime(&format!("{BASE_ROLE_ARN}{LOOP_ROLE}"), LOOP_LIFETIME);
+        create_role(&client, LOOP_NS, LOOP_ROLE, 900).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), LOOP_NS);
+        deployments
+            .create(
+                &PostParams::default(),
+                &deployment(
+                    "boto3",
+                    LOOP_ROLE,
+                    json!({}),
+                    json!({"name": "boto3", "image": images.awscli, "command": ["python3", "-c", BOTO3_LOOP], "env": app_env(sts)}),
+                ),
+            )
+            .await
+            .expect("create the boto3 app");
+        deployments
+            .create(
+                &PostParams::default(),
+                &deployment(
+                    "rust",
+                    LOOP_ROLE,
+                    json!({"zalando.org/aws-iam-credentials": "endpoint"}),
+                    json!({"name": "rust", "image": images.rust_client, "args": ["--count=100000", "--interval-ms=3000"], "env": app_env(sts)}),
+                ),
+            )
+            .await
+            .expect("create the Rust app");
+        let changes = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), BTreeSet::new())));
+        let watcher = {
+            let changes = std::sync::Arc::clone(&changes);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), LOOP_NS);
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(Some(s)) = secrets.get_opt(LOOP_ROLE).await {
+                        let mut c = changes.lock().expect("lock");
+                        if let Some(key) = secret_key(&s)
+                            && c.0.last().is_none_or(|(_, k)| k != &key)
+                        {
+                            c.0.push((chrono::Utc::now(), key));
+                        }
+                        c.1.insert(s.resource_version().unwrap_or_default());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
+        for app in ["boto3", "rust"] {
+            within(120, &format!("the {app} app's first call"), || async {
+                let p = app_pod(&client, LOOP_NS, app).await?;
+                logs(&client, LOOP_NS, &p.name_any())
+                    .await
+                    .lines()
+                    .any(|l| l.starts_with("OK "))
+                    .then_some(())
+            })
+            .await;
+        }
+        let pod = app_pod(&client, LOOP_NS, "rust").await.expect("rust pod");
+        let spec = pod.spec.expect("spec");
+        let image_has_no_shell = spec
+            .containers
+            .iter()
+            .all(|c| c.image.as_deref() == Some(images.rust_client.as_str()));
+        assert!(
+            image_has_no_shell
+                && spec
+                    .init_containers
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.restart_policy.as_deref() == Some("Always")),
+            "the Rust app runs in endpoint mode, with the credentials sidecar"
+        );
+        println!(
+            "(c) boto3 (credentials.process) and the static Rust client without a shell (credentials endpoint) got their role"
+        );
+        Apps {
+            secret_changes: changes,
+            watcher,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits until both apps have used at least three keys (two rotations), then checks that
+    /// no call failed, prints how long each new key took to reach each app, and that every
+    /// Secret write brought a new key.
+    async fn finish(self, node: &Node, sts: &StsDouble) {
+        let client = node.client().await;
+        let mut report = Vec::new();
+        for app in ["boto3", "rust"] {
+            let text = within(600, &format!("the {app} app to use three keys"), || async {
+                let p = app_pod(&client, LOOP_NS, app).await?;
+                let pods: Api<Pod> = Api::namespaced(client.clone(), LOOP_NS);
+                let text = pods
+                    .logs(
+                        &p.name_any(),
+                        &LogParams {
+                            timestamps: true,
+                            container: Some(app.into()),
+                            ..LogParams::default()
+                        },
+                    )
+                    .await
+                    .ok()?;
+                let keys: BTreeSet<&str> = text
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().nth(3))
+                    .filter(|_| true)
+                    .collect();
+                (keys.len() >= 3).then_some(text)
+            })
+            .await;
+            let calls: Vec<&str> = text.lines().collect();
+            let failed: Vec<&&str> = calls
+                .iter()
+                .filter(|l| l.split_whitespace().nth(1) == Some("ERR"))
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{app}: {} failed calls of {}:\n{}",
+                failed.len(),
+                calls.len(),
+                failed
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            let arn = format!("assumed-role/{LOOP_ROLE}/");
+            assert!(
+                calls
+                    .iter()
+                    .filter(|l| l.contains(" OK "))
+                    .all(|l| l.contains(&arn)),
+                "{app} always ran as its role"
+            );
+            // First use of each key in the app's log, against when the Secret got it.
+            let first_use = |key: &str| {
+                calls
+                    .iter()
+                    .find(|l| l.split_whitespace().nth(3) == Some(key))
+                    .and_then(|l| {
+                        chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?).ok()
+                    })
+            };
+            let changes = self.secret_changes.lock().expect("lock").0.clone();
+            let delays: Vec<i64> = changes
+                .iter()
+                .skip(1)
+                .filter_map(|(t, k)| {
+                    Some((first_use(k)?.with_timezone(&chrono::Utc) - *t).num_milliseconds())
+                })
+                .collect();
+            report.push(format!("{app}: {} calls, 0 failed, propagation of a new key (Secret written -> first call with it) {delays:?} ms", calls.len()));
+        }
+        self.watcher.abort();
+        let (changes, versions) = self.secret_changes.lock().expect("lock").clone();
+        let issued = sts.issued_keys(&format!("{BASE_ROLE_ARN}{LOOP_ROLE}"));
+        assert_eq!(
+            versions.len(),
+            changes.len(),
+            "every version of the Secret seen brought a new key (no rewrite without need): {} versions, {} keys",
+            versions.len(),
+            changes.len()
+        );
+        sts.assert_at_most_two_calls_per_role_per_minute();
+        println!(
+            "(c) over {} s: {} keys issued, {} Secret versions; {}",
+            self.started.elapsed().as_secs(),
+            issued.len(),
+            versions.len(),
+            report.join("; ")
+        );
+    }
+}
+
+/// (d, f) Operations while the apps run: `helm upgrade` with a changed argument (a rolling
+/// update) while opted-in pods are created all along; the leader pod deleted; the kubelet and
+/// containerd restarted.
+async fn operations(node: &Node, images: &AppImages) {
+    let client = node.client().await;
+    // (f) Opted-in pods created every 300 ms through the rollout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = {
+        let stop = std::sync::Arc::clone(&stop);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "admit");
+        let image = images.busybox.clone();
+        tokio::spawn(async move {
+            let (mut admitted, mut refused) = (0, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                match pods
+                    .create(
+                        &PostParams::default(),
+                        &opted_in_pod(&format!("rollout-{i}"), "none-yet", &image),
+                    )
+                    .await
+                {
+                    Ok(_) => admitted += 1,
+                    Err(e) => refused.push(e.to_string()),
+                }
+                let _ = pods
+                    .delete(&format!("rollout-{i}"), &Default::default())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            (admitted, refused)
+        })
+    };
+    let before: BTreeSet<String> = controller_pods(&client)
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let upgrade = Instant::now();
+    let kubeconfig = node.env.kubeconfig.display().to_string();
+    helm_ok(&[
+        "upgrade",
+        RELEASE,
+        CHART,
+        "--namespace",
+        SYSTEM,
+        "--reuse-values",
+        "--set",
+        "logLevel=debug",
+        "--kubeconfig",
+        &kubeconfig,
+        "--wait",
+        "--timeout=180s",
+    ]);
+    let upgraded = upgrade.elapsed();
+    // Until the old pods are gone (helm --wait returns once the new ones are ready).
+    within(120, "the old replicas to go", || async {
+        let now: BTreeSet<String> = controller_pods(&client)
+            .await
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        (now.is_disjoint(&before) && now.len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (admitted, refused) = creator.await.expect("creator");
+    assert!(
+        refused.is_empty(),
+        "{} of {} opted-in pods refused during the rollout: {refused:?}",
+        refused.len(),
+        admitted + refused.len()
+    );
+    println!(
+        "(f) helm upgrade (rolling update) took {} ms; {admitted} opted-in pods created during it, 0 refused",
+        upgraded.as_millis()
+    );
+
+    // (d) The leader pod deleted: another replica leads within the lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
+    let holder = within(60, "a leader after the upgrade", || async {
+        let h = leases
+            .get_opt(RELEASE)
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity?;
+        controller_pods(&client)
+            .await
+            .iter()
+            .any(|p| p.name_any() == h)
+            .then_some(h)
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let deleted = Instant::now();
+    pods.delete(&holder, &Default::default())
+        .await
+        .expect("delete the leader pod");
+    let next = within(60, "another replica to lead", || async {
+        let h = leases
+            .get_opt(RELEASE)
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity?;
+        (h != holder).then_some(h)
+    })
+    .await;
+    println!(
+        "(d) leader pod {holder} deleted; {next} leads {} ms later (lease 15 s)",
+        deleted.elapsed().as_millis()
+    );
+
+    // (d) The kubelet and containerd restarted under the running apps.
+    let restarted = Instant::now();
+    node.restart_kubelet_and_containerd().await;
+    println!(
+        "(d) kubelet and containerd restarted; node Ready again after {} ms",
+        restarted.elapsed().as_millis()
+    );
+}
+
+/// (e) The AWSIAMRole deleted with the real garbage collector running: the Secret goes (by the
+/// garbage collector or the janitor), and a new pod of the app waits again.
+async fn deletion(node: &Node) {
+    let client = node.client().await;
+    let ns = "promise";
+    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let deleted = Instant::now();
+    roles
+        .delete("promise-role", &Default::default())
+        .await
+        .expect("delete the AWSIAMRole");
+    within(120, "the Secret to go", || async {
+        secrets
+            .get_opt("promise-role")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let gone = deleted.elapsed();
+    let old = app_pod(&client, ns, "cli").await.expect("app pod");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete(&old.name_any(), &Default::default())
+        .await
+        .expect("delete the app pod");
+    let new = within(60, "the app's new pod to wait for its Secret", || async {
+        let p = app_pod(&client, ns, "cli").await?;
+        (p.name_any() != old.name_any()
+            && waiting_reason(&p).as_deref() == Some("ContainerCreating"))
+        .then_some(p)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still = pods.get(&new.name_any()).await.expect("pod");
+    assert!(!running(&still), "the new pod started without a Secret");
+    for p in controller_pods(&client).await {
+        let text = logs(&client, SYSTEM, &p.name_any()).await;
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("promise-role"))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} logged errors about the deleted role: {errors:?}",
+            p.name_any()
+        );
+    }
+    println!(
+        "(e) AWSIAMRole deleted: its Secret gone after {} ms; the app's new pod waits in ContainerCreating; no errors logged",
+        gone.as_millis()
+    );
 }

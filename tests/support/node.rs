@@ -15,7 +15,8 @@
 //! removes the cgroups the kubelet created (under a parent named for this run) and the state.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -186,9 +187,21 @@ pub fn run_contained(name: &str) {
             ("TMPDIR", state.display().to_string()),
         ],
     );
-    let status = child.wait().expect("wait for the contained test");
+    // Its output as it comes (with --nocapture, the measurements appear while it runs).
+    let mut shown = 0;
+    let status = loop {
+        let done = child.try_wait().expect("wait for the contained test");
+        let out = std::fs::read(&log).unwrap_or_default();
+        if out.len() > shown {
+            print!("{}", String::from_utf8_lossy(&out[shown..]));
+            shown = out.len();
+        }
+        if let Some(status) = done {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let out = std::fs::read_to_string(&log).unwrap_or_default();
-    println!("{out}");
     let left = remove_cgroups(&cgroup);
     let _ = std::fs::remove_dir_all(&state);
     println!(
@@ -281,6 +294,9 @@ pub struct Node {
     pub containerd_socket: PathBuf,
     pub kubelet_log: PathBuf,
     pub containerd_log: PathBuf,
+    cgroup_parent: String,
+    containerd: Mutex<Option<Child>>,
+    kubelet: Mutex<Option<Child>>,
 }
 
 impl Node {
@@ -303,13 +319,16 @@ impl Node {
 
         let containerd_socket = state.join("containerd/containerd.sock");
         let containerd_log = state.join("containerd.log");
-        start_containerd(bin, &state, &containerd_socket, &containerd_log).await;
+        let containerd = start_containerd(bin, &state, &containerd_socket, &containerd_log).await;
         let node = Node {
             env,
             state: state.clone(),
             containerd_socket,
             kubelet_log: state.join("kubelet.log"),
             containerd_log,
+            cgroup_parent: cgroup_parent.clone(),
+            containerd: Mutex::new(Some(containerd)),
+            kubelet: Mutex::new(None),
         };
         let pause = state.join("pause.tar");
         oci_archive(
@@ -321,7 +340,7 @@ impl Node {
         );
         node.import(&pause);
         create_cgroups(&cgroup_parent);
-        node.start_kubelet(&cgroup_parent);
+        node.start_kubelet();
         node.start_kube_proxy();
         let kubeconfig = env.kubeconfig.display().to_string();
         spawn_watched(
@@ -411,7 +430,31 @@ impl Node {
         self.import(&archive);
     }
 
-    fn start_kubelet(&self, cgroup_parent: &str) {
+    /// Stops the kubelet and containerd (running containers stay: their shims live on), starts
+    /// them again and waits until the node is Ready.
+    pub async fn restart_kubelet_and_containerd(&self) {
+        let kubelet = self.kubelet.lock().expect("lock").take();
+        if let Some(k) = kubelet {
+            stop(k);
+        }
+        let containerd = self.containerd.lock().expect("lock").take();
+        if let Some(c) = containerd {
+            stop(c);
+        }
+        let c = start_containerd(
+            node_dir(),
+            &self.state,
+            &self.containerd_socket,
+            &self.state.join("containerd-restarted.log"),
+        )
+        .await;
+        *self.containerd.lock().expect("lock") = Some(c);
+        self.start_kubelet();
+        self.wait_ready().await;
+    }
+
+    fn start_kubelet(&self) {
+        let cgroup_parent = &self.cgroup_parent;
         let env = self.env;
         let root = self.state.join("kubelet");
         std::fs::create_dir_all(&root).expect("kubelet root");
@@ -456,7 +499,12 @@ serializeImagePulls: false
             ),
         )
         .expect("kubelet config");
-        spawn_watched(
+        let log = if self.kubelet_log.exists() {
+            self.state.join("kubelet-restarted.log")
+        } else {
+            self.kubelet_log.clone()
+        };
+        let child = spawn_watched(
             &node_dir().join("kubelet"),
             &[
                 format!("--config={}", config.display()),
@@ -466,9 +514,10 @@ serializeImagePulls: false
                 format!("--hostname-override={NODE_NAME}"),
                 "--v=2".into(),
             ],
-            &self.kubelet_log,
+            &log,
             &[],
         );
+        *self.kubelet.lock().expect("lock") = Some(child);
     }
 
     fn start_kube_proxy(&self) {
@@ -665,7 +714,7 @@ fn contain_mounts(state: &Path) {
     }
 }
 
-async fn start_containerd(bin: &Path, state: &Path, socket: &Path, log: &Path) {
+async fn start_containerd(bin: &Path, state: &Path, socket: &Path, log: &Path) -> Child {
     let dir = state.join("containerd");
     let cni_conf = state.join("cni/net.d");
     std::fs::create_dir_all(&cni_conf).expect("cni conf dir");
@@ -750,7 +799,8 @@ state = '{dir}/state'
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    spawn_watched(
+    let _ = std::fs::remove_file(socket);
+    let child = spawn_watched(
         &bin.join("containerd"),
         &[format!("--config={}", config.display())],
         log,
@@ -765,6 +815,14 @@ state = '{dir}/state'
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    child
+}
+
+/// Ends a daemon started under the watchdog (TERM to the watchdog, which stops it) and waits.
+fn stop(child: Child) {
+    let mut child = child;
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
 }
 
 /// Writes an OCI image archive (layout tar, as `ctr images import` takes it) of one layer
