@@ -39,6 +39,9 @@ echo "test.sh: tools ready after $(( $(date +%s) - started ))s" >&2
 # The image (a release musl build, target dir cached outside the repo) builds while the
 # lints and the test build run.
 bg image scripts/build-image.sh target/image
+# The real node's app images (busybox, AWS CLI + boto3, the static Rust client): Debian and
+# PyPI packages, and the Rust client in the image build's target dir (under its lock).
+bg node-images nice -n 10 scripts/build-node-images.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked --examples
@@ -49,7 +52,8 @@ KAIC_IMAGE_DIR=$(tool image)
 export KAIC_IMAGE_DIR
 # Waited for last: the longest cold build, needed only by the tests themselves.
 KAIC_NODE_DIR=$(tool node)
-export KAIC_NODE_DIR
+KAIC_NODE_IMAGES=$(tool node-images)
+export KAIC_NODE_DIR KAIC_NODE_IMAGES
 echo "test.sh: node binaries ready after $(( $(date +%s) - started ))s" >&2
 echo "test.sh: image $(cat "$KAIC_IMAGE_DIR/digest") ready after $(( $(date +%s) - started ))s" >&2
 others=(--lib)
