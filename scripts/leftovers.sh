@@ -4,7 +4,12 @@
 # it), other than this check and the processes it runs under. Processes of another run, even
 # ones started from the same cached binaries, carry another marker and are not listed.
 #
-# Usage: scripts/leftovers.sh RUN_ID   (prints "PID COMMAND LINE" per process left; exits 0)
+# The real node's test (tests/support/node.rs) runs in namespaces of its own that end with its
+# processes; what could outlive it is listed too: its cgroups (named kaic-node-RUN_ID) and any
+# mount of its state directories seen from here.
+#
+# Usage: scripts/leftovers.sh RUN_ID   (prints "PID COMMAND LINE" per process left, then
+#        "cgroup PATH" and "mount LINE"; exits 0)
 set -euo pipefail
 id=${1:?usage: scripts/leftovers.sh RUN_ID}
 declare -A ours
@@ -22,4 +27,8 @@ for environ in /proc/[0-9]*/environ; do
     [ -n "$cmd" ] && echo "$pid $cmd"
   fi
 done
+for dir in /sys/fs/cgroup/*/"kaic-node-$id"; do
+  [ -d "$dir" ] && echo "cgroup $dir"
+done
+grep -F "kaic-node-" /proc/self/mounts | sed 's/^/mount /' || true
 exit 0

@@ -155,7 +155,11 @@ pub fn run_contained(name: &str) {
         .tempdir()
         .expect("state dir")
         .keep();
-    let cgroup = format!("kaic-node-{}", std::process::id());
+    // Named for the test run (scripts/leftovers.sh looks for it), else this process.
+    let cgroup = format!(
+        "kaic-node-{}",
+        std::env::var("KAIC_RUN_ID").unwrap_or_else(|_| std::process::id().to_string())
+    );
     let exe = std::env::current_exe().expect("test binary path");
     let log = state.join("contained.log");
     let started = Instant::now();
@@ -192,9 +196,17 @@ pub fn run_contained(name: &str) {
     let status = loop {
         let done = child.try_wait().expect("wait for the contained test");
         let out = std::fs::read(&log).unwrap_or_default();
-        if out.len() > shown {
-            print!("{}", String::from_utf8_lossy(&out[shown..]));
-            shown = out.len();
+        // Whole lines, marked: the contained run's own `test result:` line is not this one's.
+        let end = if done.is_some() {
+            out.len()
+        } else {
+            out.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+        };
+        if end > shown {
+            for line in String::from_utf8_lossy(&out[shown..end]).lines() {
+                println!("node| {line}");
+            }
+            shown = end;
         }
         if let Some(status) = done {
             break status;
