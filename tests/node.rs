@@ -16,167 +16,16 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, LogParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, LogParams, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use serde_json::json;
 
 use support::BASE_ROLE_ARN;
 use support::helm::{CHART, helm_ok};
 use support::node::{self, NODE_IP, Node};
+use support::node_apps::*;
 use support::sts_double::StsDouble;
-
-/// The release and namespace of the README's `helm install`.
-const RELEASE: &str = "kube-aws-iam-controller";
-const SYSTEM: &str = "kube-system";
-const IMAGE_REPOSITORY: &str = "kaic.local/kube-aws-iam-controller";
-const IMAGE_TAG: &str = "test";
-/// The long-term key the controller signs its STS calls with (one of the double's users).
-const CONTROLLER_KEY: &str = "AKIDCONTROLLER000000";
-
-/// The image built by scripts/build-image.sh (test.sh passes KAIC_IMAGE_DIR).
-fn controller_image_layout() -> std::path::PathBuf {
-    let dir = std::env::var_os("KAIC_IMAGE_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let out = std::process::Command::new(support::repo().join("scripts/build-image.sh"))
-                .arg(support::repo().join("target/image"))
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("scripts/build-image.sh runs");
-            assert!(out.status.success(), "scripts/build-image.sh failed");
-            std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        });
-    dir.join("oci")
-}
-
-/// Waits up to `secs` for `check` to give a value, polling every 500 ms.
-async fn within<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "waited {secs} s for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The controller's pods (the chart's selector labels).
-async fn controller_pods(client: &Client) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
-    pods.list(&ListParams::default().labels("app.kubernetes.io/name=kube-aws-iam-controller"))
-        .await
-        .expect("list controller pods")
-        .items
-}
-
-async fn logs(client: &Client, ns: &str, pod: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.logs(pod, &LogParams::default())
-        .await
-        .unwrap_or_else(|e| format!("<no logs: {e}>"))
-}
-
-/// (a) `helm install` as the README says, with values only for the image and the STS endpoint
-/// reachable from the namespace (and the credentials the controller signs its STS calls with,
-/// which a real cluster gives through the node's role or IRSA).
-async fn install(node: &Node, sts: &StsDouble) {
-    let client = node.client().await;
-    let started = Instant::now();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "controller-aws-credentials"},
-                "stringData": {
-                    "AWS_ACCESS_KEY_ID": CONTROLLER_KEY,
-                    "AWS_SECRET_ACCESS_KEY": "controller-secret",
-                },
-            }))
-            .expect("secret"),
-        )
-        .await
-        .expect("create the controller's AWS credentials");
-    let env = json!([
-        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "controller-aws-credentials", "key": "AWS_ACCESS_KEY_ID"}}},
-        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "controller-aws-credentials", "key": "AWS_SECRET_ACCESS_KEY"}}},
-    ]);
-    let kubeconfig = node.env.kubeconfig.display().to_string();
-    helm_ok(&[
-        "install",
-        RELEASE,
-        CHART,
-        "--namespace",
-        SYSTEM,
-        "--set",
-        &format!("baseRoleARN={BASE_ROLE_ARN}"),
-        "--set",
-        &format!("image.repository={IMAGE_REPOSITORY}"),
-        "--set",
-        &format!("image.tag={IMAGE_TAG}"),
-        "--set",
-        &format!("sts.endpoint={}", sts.endpoint),
-        "--set",
-        "sts.region=us-east-1",
-        "--set-json",
-        &format!("extraEnv={env}"),
-        "--kubeconfig",
-        &kubeconfig,
-        "--wait",
-        "--timeout=60s",
-    ]);
-    let installed = started.elapsed();
-    let pods = controller_pods(&client).await;
-    assert_eq!(pods.len(), 2, "two replicas: {:?}", node::names(&pods));
-    for p in &pods {
-        assert!(ready(p), "{} Ready by the kubelet's probes", p.name_any());
-        let sc = p.spec.as_ref().expect("spec").containers[0]
-            .security_context
-            .clone()
-            .expect("security context");
-        assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(sc.run_as_non_root, Some(true));
-    }
-    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
-    let holder = within(60, "a replica to hold the Lease", || async {
-        leases
-            .get_opt(RELEASE)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec.and_then(|s| s.holder_identity))
-    })
-    .await;
-    let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
-    assert!(
-        names.contains(&holder),
-        "the Lease holder {holder} is one of {names:?}"
-    );
-    for p in &names {
-        let text = logs(&client, SYSTEM, p).await;
-        assert!(
-            !text.to_lowercase().contains("forbidden"),
-            "{p} logged a forbidden request:\n{text}"
-        );
-    }
-    println!(
-        "(a) helm install --wait: {} ms; replicas {names:?} Ready; leader {holder}; no forbidden",
-        installed.as_millis()
-    );
-}
 
 #[test]
 fn the_chart_serves_real_pods_on_a_real_node() {
@@ -213,93 +62,19 @@ async fn scenarios(node: std::sync::Arc<Node>) {
         started.elapsed().as_millis()
     );
     let sts = StsDouble::start_on(NODE_IP).await;
-    install(&node, &sts).await;
+    let installed = install(&node, &sts).await;
+    println!(
+        "(a) helm install --wait: {} ms; replicas {:?} Ready by the kubelet's probes (non-root, read-only root filesystem); leader {}; no forbidden in their logs",
+        installed.took.as_millis(),
+        installed.replicas,
+        installed.leader
+    );
     first_pod_after_install_is_admitted(&node, &images).await;
     seed_promise(&node, &sts, &images).await;
     let apps = Apps::start(&node, &sts, &images).await;
     operations(&node, &images).await;
     deletion(&node).await;
     apps.finish(&node, &sts).await;
-}
-
-/// The app images of scripts/build-node-images.sh (test.sh passes KAIC_NODE_IMAGES).
-struct AppImages {
-    busybox: String,
-    awscli: String,
-    rust_client: String,
-    archives: Vec<std::path::PathBuf>,
-}
-
-impl AppImages {
-    fn load() -> AppImages {
-        let dir = std::env::var_os("KAIC_NODE_IMAGES")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                let out = std::process::Command::new(
-                    support::repo().join("scripts/build-node-images.sh"),
-                )
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .expect("scripts/build-node-images.sh runs");
-                assert!(out.status.success(), "scripts/build-node-images.sh failed");
-                std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            });
-        let vars = std::fs::read_to_string(dir.join("images.env")).expect("images.env");
-        let var = |name: &str| {
-            vars.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("{name} in images.env"))
-                .trim()
-                .to_string()
-        };
-        AppImages {
-            busybox: var("BUSYBOX_IMAGE"),
-            awscli: var("AWSCLI_IMAGE"),
-            rust_client: var("RUST_CLIENT_IMAGE"),
-            archives: ["busybox.tar", "awscli.tar", "rust-client.tar"]
-                .iter()
-                .map(|f| dir.join(f))
-                .collect(),
-        }
-    }
-}
-
-/// A namespace whose role policy permits every role (kiam's annotation).
-async fn namespace(client: &Client, name: &str) {
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": name, "annotations": {"iam.amazonaws.com/permitted": ".*"}},
-            }))
-            .expect("namespace"),
-        )
-        .await
-        .expect("create namespace");
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), name);
-    within(60, "the namespace's default ServiceAccount", || async {
-        sas.get_opt("default").await.ok().flatten()
-    })
-    .await;
-}
-
-async fn create_role(client: &Client, ns: &str, name: &str, seconds: i64) {
-    let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), ns);
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "zalando.org/v1",
-                "kind": "AWSIAMRole",
-                "metadata": {"name": name},
-                "spec": {"roleReference": name, "roleSessionDuration": seconds},
-            }))
-            .expect("AWSIAMRole"),
-        )
-        .await
-        .expect("create AWSIAMRole");
 }
 
 /// A pod opted in to the webhook by its label (Debian's busybox-static: admission is what
@@ -337,64 +112,6 @@ async fn first_pod_after_install_is_admitted(node: &Node, images: &AppImages) {
         "the webhook mutated the first pod (its role's Secret is mounted)"
     );
     println!("(a) the first opted-in pod after helm install --wait was admitted and mutated");
-}
-
-fn app_env(sts: &StsDouble) -> serde_json::Value {
-    json!([
-        {"name": "AWS_ENDPOINT_URL_STS", "value": sts.endpoint},
-        {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
-        {"name": "AWS_REGION", "value": "us-east-1"},
-    ])
-}
-
-fn deployment(
-    name: &str,
-    role: &str,
-    annotations: serde_json::Value,
-    container: serde_json::Value,
-) -> Deployment {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {
-                    "labels": {"app": name, "zalando.org/aws-iam-role": role},
-                    "annotations": annotations,
-                },
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
-                    "containers": [container],
-                },
-            },
-        },
-    }))
-    .expect("deployment")
-}
-
-async fn app_pod(client: &Client, ns: &str, app: &str) -> Option<Pod> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .ok()?
-        .items
-        .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-}
-
-fn waiting_reason(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-}
-
-fn running(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
 /// (b) The seed's promise: a Deployment created before its AWSIAMRole waits in

@@ -16,6 +16,7 @@ pub mod helm;
 pub mod kubelet;
 pub mod manifests;
 pub mod node;
+pub mod node_apps;
 pub mod pod;
 pub mod proxy;
 pub mod raw;

@@ -141,15 +141,51 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What this machine lacks to run the node, if anything: root, `unshare`, overlayfs (containerd's
+/// snapshotter) and cgroup v1 hierarchies (the node's kubelet configuration is for cgroup v1,
+/// the kind of machine this project runs on).
+pub fn missing_requirement() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("root (the node needs network and mount namespaces and cgroups)".into());
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("unshare (util-linux)".into());
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems.contains("overlay") {
+        return Some("overlayfs in the kernel (containerd's snapshotter)".into());
+    }
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+    {
+        return Some(
+            "cgroup v1 hierarchies under /sys/fs/cgroup (the node is configured for them)".into(),
+        );
+    }
+    None
+}
+
 /// Whether this process is the contained run of a node test (see [`run_contained`]).
 pub fn inside() -> bool {
     std::env::var_os(INSIDE).is_some()
 }
 
 /// Runs the test `name` of this binary again inside new network, mount and PID namespaces
-/// (`unshare`, under the watchdog), prints what it printed, removes the cgroups and the state
-/// it left, and fails if it failed. The test itself checks [`inside`] first.
+/// (see [`run_contained_with`]); its lines are marked `node| `, so that its own `test result:`
+/// line is not taken for this one's.
 pub fn run_contained(name: &str) {
+    run_contained_with(
+        &format!("test `{name}`"),
+        &["--exact", name, "--nocapture", "--test-threads=1"],
+        "node| ",
+    );
+}
+
+/// Runs this executable again with `args` inside new network, mount and PID namespaces
+/// (`unshare`, under the watchdog), prints what it prints (each line after `mark`), removes the
+/// cgroups and the state it left, and fails if it failed. The contained run checks [`inside`].
+pub fn run_contained_with(what: &str, args: &[&str], mark: &str) {
     let state = tempfile::Builder::new()
         .prefix("kaic-node-")
         .tempdir()
@@ -177,11 +213,10 @@ pub fn run_contained(name: &str) {
             "--kill-child".into(),
             "--".into(),
             exe.display().to_string(),
-            "--exact".into(),
-            name.into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<String>>(),
         &log,
         &[
             (INSIDE, state.display().to_string()),
@@ -204,7 +239,7 @@ pub fn run_contained(name: &str) {
         };
         if end > shown {
             for line in String::from_utf8_lossy(&out[shown..end]).lines() {
-                println!("node| {line}");
+                println!("{mark}{line}");
             }
             shown = end;
         }
@@ -217,12 +252,12 @@ pub fn run_contained(name: &str) {
     let left = remove_cgroups(&cgroup);
     let _ = std::fs::remove_dir_all(&state);
     println!(
-        "node test `{name}`: {} s in its namespaces",
+        "{what}: {} s in its namespaces",
         started.elapsed().as_secs()
     );
     assert!(
         status.success(),
-        "the contained test `{name}` failed ({status}); its last lines:\n{}",
+        "the contained {what} failed ({status}); its last lines:\n{}",
         tail(&out, 60)
     );
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
