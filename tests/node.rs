@@ -75,6 +75,7 @@ async fn scenarios(node: std::sync::Arc<Node>) {
     operations(&node, &images).await;
     deletion(&node).await;
     apps.finish(&node, &sts).await;
+    uninstall_and_reinstall(&node, &sts).await;
 }
 
 /// A pod opted in to the webhook by its label (Debian's busybox-static: admission is what
@@ -593,5 +594,59 @@ async fn deletion(node: &Node) {
     println!(
         "(e) AWSIAMRole deleted: its Secret gone after {} ms; the app's new pod waits in ContainerCreating; no errors logged",
         gone.as_millis()
+    );
+}
+
+/// (g) `helm uninstall`: what is left and why, and how soon a reinstall leads again.
+async fn uninstall_and_reinstall(node: &Node, sts: &StsDouble) {
+    let client = node.client().await;
+    let kubeconfig = node.env.kubeconfig.display().to_string();
+    helm_ok(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        SYSTEM,
+        "--kubeconfig",
+        &kubeconfig,
+        "--wait",
+    ]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM);
+    let tls = format!("{RELEASE}-webhook-tls");
+    within(
+        60,
+        "the webhook's TLS Secret to go with its configuration",
+        || async {
+            secrets
+                .get_opt(&tls)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    within(60, "the controller's pods to go", || async {
+        controller_pods(&client).await.is_empty().then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
+    let lease = leases.get_opt(RELEASE).await.expect("get Lease");
+    let holder = lease
+        .as_ref()
+        .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+        .unwrap_or_default();
+    println!(
+        "(g) helm uninstall: TLS Secret deleted by the garbage collector; left: the Lease {} (holder {:?}: released on shutdown, kept so a reinstall finds it)",
+        if lease.is_some() { "exists" } else { "gone" },
+        holder
+    );
+    let reinstall = Instant::now();
+    let installed = install(node, sts).await;
+    println!(
+        "(g) reinstall: helm install --wait {} ms, {} leads {} ms after the install began",
+        installed.took.as_millis(),
+        installed.leader,
+        reinstall.elapsed().as_millis()
     );
 }

@@ -106,6 +106,12 @@ pub async fn install(node: &Node, sts: &StsDouble) -> Installed {
             .expect("secret"),
         )
         .await
+        .map(|_| ())
+        .or_else(|e| match e {
+            // A reinstall: the credentials are the cluster's, not the release's.
+            kube::Error::Api(s) if s.code == 409 => Ok(()),
+            e => Err(e),
+        })
         .expect("create the controller's AWS credentials");
     let env = json!([
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "controller-aws-credentials", "key": "AWS_ACCESS_KEY_ID"}}},
