@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod campaign;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
