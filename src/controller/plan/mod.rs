@@ -18,7 +18,9 @@ use super::secret::{self, Content, Issuance, Known, Ownership, Stored};
 use super::status::{self, Announce, Note, Outcome, Severity};
 use crate::aws::arn::{self, BaseRoleArn};
 use crate::aws::options::{self, SessionLength};
-use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
+use crate::aws::{
+    FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions, RoleArn,
+};
 use crate::crd::AWSIAMRole;
 use crate::metrics::PolicyState;
 use crate::policy::{Denial, Verdict};
@@ -355,28 +357,7 @@ fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
             )));
         }
     };
-    let would_deny = match obs.policy.judge(&arn, obs.base_role_arn) {
-        Judgement::IdentityUnknown => {
-            return Err(Box::new(not_ready(
-                obs,
-                IDENTITY_UNKNOWN,
-                "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
-                Requeue::Backoff(backoff(obs)),
-            )));
-        }
-        Judgement::NamespaceUnknown(_) => {
-            return Err(Box::new(Plan::Write(Writes::nothing(Requeue::After(
-                obs.settings
-                    .backoff_base
-                    .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
-            )))));
-        }
-        Judgement::Verdict(Verdict::Denied(denial)) => {
-            return Err(Box::new(deny(obs, &arn.to_string(), denial)));
-        }
-        Judgement::Verdict(Verdict::WouldDeny(denial)) => Some(denial),
-        Judgement::Verdict(Verdict::Permitted) => None,
-    };
+    let would_deny = verdict(obs, &arn)?;
     let sts_options = &obs.settings.sts_options;
     let options = match sts_options.request(
         &ns,
@@ -413,6 +394,31 @@ fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
     })
 }
 
+/// The namespace role policy's verdict on `arn`: what `enforce` would deny under `audit`, or the
+/// plan when the role is refused or cannot be judged yet.
+fn verdict(obs: &Observed<'_>, arn: &RoleArn) -> Result<Option<Denial>, Box<Plan>> {
+    match obs.policy.judge(arn, obs.base_role_arn) {
+        Judgement::IdentityUnknown => Err(Box::new(not_ready(
+            obs,
+            IDENTITY_UNKNOWN,
+            "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
+            Requeue::Backoff(backoff(obs)),
+        ))),
+        Judgement::NamespaceUnknown(_) => Err(Box::new(Plan::Write(Writes::nothing(
+            Requeue::After(
+                obs.settings
+                    .backoff_base
+                    .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
+            ),
+        )))),
+        Judgement::Verdict(Verdict::Denied(denial)) => {
+            Err(Box::new(deny(obs, &arn.to_string(), denial)))
+        }
+        Judgement::Verdict(Verdict::WouldDeny(denial)) => Ok(Some(denial)),
+        Judgement::Verdict(Verdict::Permitted) => Ok(None),
+    }
+}
+
 /// Keeps the stored credentials while they are the ones asked for and outside the refresh
 /// window (repairing the Secret's metadata if needed), or plans the STS call.
 fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
@@ -425,18 +431,8 @@ fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
     } = asked;
     let role = obs.role;
     let stored = stored(obs);
-    // Credentials withdrawn after STS refused this very request: asked again only after the
-    // slow requeue, not on the watch event of the withdrawal itself.
-    if let Some(w) = withdrawn(obs) {
-        let uid = role.meta().uid.as_deref().unwrap_or_default();
-        let retry_at = w.issued_at
-            + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
-        if w.owner_uid == uid && w.request_hash == request_hash && obs.now < retry_at {
-            let wait = (retry_at - obs.now).to_std().unwrap_or_default();
-            return Plan::Write(Writes::nothing(Requeue::After(
-                wait.max(obs.settings.backoff_base),
-            )));
-        }
+    if let Some(wait) = refused_lately(obs, &request_hash) {
+        return Plan::Write(Writes::nothing(Requeue::After(wait)));
     }
     let reason = match &stored {
         None if obs.secret.is_some() => Some(IssueReason::Unreadable),
@@ -496,6 +492,21 @@ fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
         issued: None,
         policy: Some(policy_state(would_deny.as_ref())),
     })
+}
+
+/// How long to wait when the credentials were withdrawn after STS refused this very request:
+/// it is asked again only after the slow requeue, not on the watch event of the withdrawal
+/// itself.
+fn refused_lately(obs: &Observed<'_>, request_hash: &str) -> Option<Duration> {
+    let w = withdrawn(obs)?;
+    let uid = obs.role.meta().uid.as_deref().unwrap_or_default();
+    let retry_at = w.issued_at
+        + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
+    if w.owner_uid == uid && w.request_hash == request_hash && obs.now < retry_at {
+        let wait = (retry_at - obs.now).to_std().unwrap_or_default();
+        return Some(wait.max(obs.settings.backoff_base));
+    }
+    None
 }
 
 #[cfg(test)]
