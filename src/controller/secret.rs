@@ -631,10 +631,71 @@ impl Known {
     }
 }
 
+/// What deciding needs to know of an observed Secret, read in one place: from the Secret in
+/// full, or from its metadata and the [`Known`] summary of its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub ownership: Ownership,
+    /// The credentials it holds, when readable.
+    pub stored: Option<Stored>,
+    /// The request its credentials were withdrawn for ([`withdrawn`]).
+    pub withdrawn: Option<Issuance>,
+    /// Any of the credential keys is present.
+    pub holds_credentials: bool,
+}
+
+/// The [`Facts`] of `secret` for `role`; `known` describes its data when it was observed
+/// without it.
+pub fn facts(secret: &Secret, known: Option<&Known>, role: &AWSIAMRole) -> Facts {
+    let ownership = ownership(secret, role);
+    match known {
+        Some(known) => Facts {
+            ownership,
+            stored: known.stored(secret),
+            withdrawn: withdrawn_given(secret, known.holds_json),
+            holds_credentials: known.holds_credentials,
+        },
+        None => Facts {
+            ownership,
+            stored: read(secret),
+            withdrawn: withdrawn(secret),
+            holds_credentials: holds_credentials(secret),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::AWSIAMRoleSpec;
+
+    #[test]
+    fn a_secret_read_in_full_and_one_known_at_its_version_give_the_same_facts() {
+        use crate::controller::fixtures::{role, stored_secret};
+        let r = role("app", "app", 1);
+        let full = stored_secret(&r, std::time::Duration::from_secs(600));
+        let known = Known::of(&full).expect("summarised");
+        let metadata = Secret {
+            metadata: full.metadata.clone(),
+            ..Secret::default()
+        };
+        let read = facts(&full, None, &r);
+        let cached = facts(&metadata, Some(&known), &r);
+        assert_eq!(read.ownership, Ownership::Owned);
+        assert!(read.holds_credentials && read.withdrawn.is_none());
+        let without_credentials = Facts {
+            stored: read.stored.clone().map(|s| Stored {
+                credentials: None,
+                ..s
+            }),
+            ..read.clone()
+        };
+        assert_eq!(
+            cached, without_credentials,
+            "the summary keeps no credentials"
+        );
+        assert!(read.stored.is_some_and(|s| s.credentials.is_some()));
+    }
 
     fn creds() -> IssuedCredentials {
         IssuedCredentials {
