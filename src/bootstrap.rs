@@ -63,24 +63,10 @@ async fn role_arn(args: &BootstrapArgs, sts: &StsIssuer) -> Result<RoleArn> {
     arn::resolve(&args.role, Some(&base)).map_err(bad)
 }
 
-/// Runs `bootstrap`: assume, write the AWSIAMRole, write its Secret.
-pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
-    let client = crate::kubeclient::client(args.kubeconfig.as_deref(), None).await?;
-    let sdk = load_config(&StsSettings {
-        region: args.aws.sts_region.clone(),
-        endpoint: args.aws.sts_endpoint.clone(),
-        timeout: args.aws.sts_timeout,
-        credentials_file: None,
-    })
-    .await;
-    let sts = StsIssuer::new(&sdk, args.aws.sts_timeout);
+/// Refuses a Secret of that name the controller would not manage either (judged against an
+/// AWSIAMRole of that name, as it will be).
+fn refuse_foreign(existing: Option<&Secret>, args: &BootstrapArgs) -> Result<()> {
     let (ns, name) = (args.namespace.as_str(), args.name.as_str());
-
-    // Refuse before calling STS if the Secret's name is taken by a Secret the controller
-    // would not manage either (judged against an AWSIAMRole of that name, as it will be).
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let roles: Api<AWSIAMRole> = Api::namespaced(client, ns);
-    let existing = secrets.get_opt(name).await?;
     let placeholder = AWSIAMRole::new(
         name,
         AWSIAMRoleSpec {
@@ -92,26 +78,23 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
             invalid: None,
         },
     );
-    if let Some(s) = &existing
+    if let Some(s) = existing
         && secret::ownership(s, &placeholder) == Ownership::Foreign
     {
         return Err(Error::Config(format!(
             "Secret {ns}/{name} exists and is not managed by kube-aws-iam-controller; remove it or choose another --name"
         )));
     }
+    Ok(())
+}
 
-    let role_arn = role_arn(args, &sts).await?;
-    let creds = sts
-        .assume_role(IssueRequest {
-            role_arn: role_arn.clone(),
-            session_name: arn::session_name(ns, name),
-            duration_seconds: args.session_duration,
-            options: RequestOptions::default(),
-        })
-        .await?;
-    let role_arn_text = role_arn.to_string();
-    info!(role_arn = role_arn_text, "assumed the controller's role");
-
+/// Writes the AWSIAMRole (server-side apply, the bootstrap's field manager).
+async fn apply_role(
+    roles: &Api<AWSIAMRole>,
+    args: &BootstrapArgs,
+    role_arn: &str,
+) -> Result<AWSIAMRole> {
+    let (ns, name) = (args.namespace.as_str(), args.name.as_str());
     let role = roles
         .patch(
             name,
@@ -121,14 +104,22 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
                 "kind": "AWSIAMRole",
                 "metadata": {"name": name, "namespace": ns},
                 "spec": {
-                    "roleReference": role_arn_text,
+                    "roleReference": role_arn,
                     "roleSessionDuration": args.session_duration,
                 },
             })),
         )
         .await?;
-    // The resourceVersion checked above: a Secret replaced in between is not overwritten.
-    let desired = secret::render(&role, &creds, &role_arn_text);
+    Ok(role)
+}
+
+/// Creates the Secret, or applies it at the resourceVersion checked before: a Secret replaced
+/// in between is not overwritten.
+async fn write_secret(
+    secrets: &Api<Secret>,
+    existing: Option<Secret>,
+    desired: Secret,
+) -> Result<()> {
     match existing {
         None => {
             let pp = PostParams {
@@ -142,13 +133,50 @@ pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
             desired.metadata.resource_version = current.resource_version();
             secrets
                 .patch(
-                    name,
+                    &desired.name_any(),
                     &PatchParams::apply(MANAGER).force(),
                     &Patch::Apply(&desired),
                 )
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Runs `bootstrap`: assume, write the AWSIAMRole, write its Secret.
+pub async fn run(args: &BootstrapArgs) -> Result<Seeded> {
+    let client = crate::kubeclient::client(args.kubeconfig.as_deref(), None).await?;
+    let sdk = load_config(&StsSettings {
+        region: args.aws.sts_region.clone(),
+        endpoint: args.aws.sts_endpoint.clone(),
+        timeout: args.aws.sts_timeout,
+        credentials_file: None,
+    })
+    .await;
+    let sts = StsIssuer::new(&sdk, args.aws.sts_timeout);
+    let (ns, name) = (args.namespace.as_str(), args.name.as_str());
+
+    // Refuse before calling STS if the Secret's name is taken.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let roles: Api<AWSIAMRole> = Api::namespaced(client, ns);
+    let existing = secrets.get_opt(name).await?;
+    refuse_foreign(existing.as_ref(), args)?;
+
+    let role_arn = role_arn(args, &sts).await?;
+    let creds = sts
+        .assume_role(IssueRequest {
+            role_arn: role_arn.clone(),
+            session_name: arn::session_name(ns, name),
+            duration_seconds: args.session_duration,
+            options: RequestOptions::default(),
+        })
+        .await?;
+    let role_arn_text = role_arn.to_string();
+    info!(role_arn = role_arn_text, "assumed the controller's role");
+
+    let role = apply_role(&roles, args, &role_arn_text).await?;
+    let desired = secret::render(&role, &creds, &role_arn_text);
+    write_secret(&secrets, existing, desired).await?;
     Ok(Seeded {
         namespace: ns.to_string(),
         name: name.to_string(),

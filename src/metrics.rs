@@ -72,148 +72,164 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kaic");
-        let reconciles = Family::<Labels, Counter>::default();
-        let reconcile_duration = histogram();
-        let sts_calls = Family::<Labels, Counter>::default();
-        let sts_duration =
-            Family::<Labels, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        let credentials_issued = Family::<Labels, Counter>::default();
-        let roles = Family::<Labels, Gauge>::default();
-        let earliest_expiry = Gauge::<f64, AtomicU64>::default();
-        let in_backoff = Gauge::default();
-        let leader = Gauge::default();
-        let policy_denied = Gauge::default();
-        let policy_would_deny = Gauge::default();
-        registry.register(
-            "policy_denied",
-            "AWSIAMRoles refused by the namespace role policy or the controller's guard (RoleNotPermitted)",
-            policy_denied.clone(),
-        );
-        registry.register(
-            "policy_would_deny",
-            "AWSIAMRoles issued under --namespace-policy=audit that enforce would deny",
-            policy_would_deny.clone(),
-        );
-        let webhook_admissions = Family::<Labels, Counter>::default();
-        let webhook_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        let webhook_cert_expiry = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "webhook_admissions",
-            "Pod admissions by result (mutated, unchanged, skipped, denied, error)",
-            webhook_admissions.clone(),
-        );
-        registry.register(
-            "webhook_admission_duration_seconds",
-            "Time the webhook took to answer one admission",
-            webhook_duration.clone(),
-        );
-        registry.register(
-            "webhook_certificate_expiry_timestamp_seconds",
-            "Unix time at which the served webhook certificate expires",
-            webhook_cert_expiry.clone(),
-        );
-        let election_success_age = Gauge::<f64, AtomicU64>::default();
-        let watch_expired = Family::<Labels, Counter>::default();
-        let watch_relists = Family::<Labels, Counter>::default();
-        let writes_skipped = Family::<Labels, Counter>::default();
-        let secret_observations = Family::<Labels, Counter>::default();
-        registry.register(
-            "secret_observations",
-            "How reconciles observed their Secret: cache (metadata cached, data known from this process's last write or read of that version) or api (read live)",
-            secret_observations.clone(),
-        );
-        registry.register(
-            "reconciles",
-            "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
-            reconciles.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time one reconcile took, STS call included",
-            reconcile_duration.clone(),
-        );
-        registry.register(
-            "sts_calls",
-            "STS calls by operation and result (Success or a bounded failure reason)",
-            sts_calls.clone(),
-        );
-        registry.register(
-            "sts_call_duration_seconds",
-            "STS call latency by operation, SDK retries included",
-            sts_duration.clone(),
-        );
-        registry.register(
-            "credentials_issued",
-            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, recreated, expiring)",
-            credentials_issued.clone(),
-        );
-        registry.register(
-            "awsiamroles",
-            "AWSIAMRoles by Ready state (true, false)",
-            roles.clone(),
-        );
-        registry.register(
-            "credentials_earliest_expiry_timestamp_seconds",
-            "Unix time at which the first managed credentials expire (0 when none)",
-            earliest_expiry.clone(),
-        );
-        registry.register(
-            "objects_in_backoff",
-            "AWSIAMRoles waiting in error backoff",
-            in_backoff.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            leader.clone(),
-        );
-        registry.register(
-            "leader_election_seconds_since_success",
-            "Seconds since the leader election last completed a Lease call, or since it started while none has (0 without election)",
-            election_success_age.clone(),
-        );
-        registry.register(
-            "watch_expired",
-            "Watches the API server ended with 410 Gone (history compacted), by resource",
-            watch_expired.clone(),
-        );
-        registry.register(
-            "watch_relists",
-            "Lists after the first, by resource: the watch cache was rebuilt",
-            watch_relists.clone(),
-        );
-        registry.register(
-            "writes_skipped",
-            "STS calls and writes (secret, status, event, delete) not made, by reason (not-leader)",
-            writes_skipped.clone(),
-        );
-        Metrics {
-            registry,
-            reconciles,
-            reconcile_duration,
-            sts_calls,
-            sts_duration,
-            credentials_issued,
-            roles,
-            earliest_expiry,
-            in_backoff,
-            leader,
-            policy_denied,
-            policy_would_deny,
-            webhook_admissions,
-            webhook_duration,
-            webhook_cert_expiry,
-            election_success_age,
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("kaic"),
+            reconciles: Family::default(),
+            reconcile_duration: histogram(),
+            sts_calls: Family::default(),
+            sts_duration: Family::new_with_constructor(histogram as fn() -> Histogram),
+            credentials_issued: Family::default(),
+            roles: Family::default(),
+            earliest_expiry: Gauge::default(),
+            in_backoff: Gauge::default(),
+            leader: Gauge::default(),
+            policy_denied: Gauge::default(),
+            policy_would_deny: Gauge::default(),
+            webhook_admissions: Family::default(),
+            webhook_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            webhook_cert_expiry: Gauge::default(),
+            election_success_age: Gauge::default(),
             election_last_success: Mutex::new(None),
             leading: AtomicBool::new(true),
-            watch_expired,
-            watch_relists,
-            writes_skipped,
-            secret_observations,
+            watch_expired: Family::default(),
+            watch_relists: Family::default(),
+            writes_skipped: Family::default(),
+            secret_observations: Family::default(),
             roles_state: Mutex::new(HashMap::new()),
             policy_state: Mutex::new(HashMap::new()),
-        }
+        };
+        metrics.register_reconciles();
+        metrics.register_sts();
+        metrics.register_roles();
+        metrics.register_election();
+        metrics.register_watches();
+        metrics.register_webhook();
+        metrics
+    }
+
+    /// Reconciles: results, durations, how the Secret was observed, backoff, writes skipped.
+    fn register_reconciles(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "reconciles",
+            "Reconciles of AWSIAMRoles by result (ok, or the failure: kube, Throttled, STSUnavailable, ...)",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, STS call included",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "secret_observations",
+            "How reconciles observed their Secret: cache (metadata cached, data known from this process's last write or read of that version) or api (read live)",
+            self.secret_observations.clone(),
+        );
+        r.register(
+            "objects_in_backoff",
+            "AWSIAMRoles waiting in error backoff",
+            self.in_backoff.clone(),
+        );
+        r.register(
+            "writes_skipped",
+            "STS calls and writes (secret, status, event, delete) not made, by reason (not-leader)",
+            self.writes_skipped.clone(),
+        );
+    }
+
+    /// STS calls and the credentials they issued.
+    fn register_sts(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "sts_calls",
+            "STS calls by operation and result (Success or a bounded failure reason)",
+            self.sts_calls.clone(),
+        );
+        r.register(
+            "sts_call_duration_seconds",
+            "STS call latency by operation, SDK retries included",
+            self.sts_duration.clone(),
+        );
+        r.register(
+            "credentials_issued",
+            "Credentials written to Secrets, by reason (missing, unreadable, spec-changed, recreated, expiring)",
+            self.credentials_issued.clone(),
+        );
+    }
+
+    /// The AWSIAMRoles' state: readiness, expiry, the namespace role policy.
+    fn register_roles(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "awsiamroles",
+            "AWSIAMRoles by Ready state (true, false)",
+            self.roles.clone(),
+        );
+        r.register(
+            "credentials_earliest_expiry_timestamp_seconds",
+            "Unix time at which the first managed credentials expire (0 when none)",
+            self.earliest_expiry.clone(),
+        );
+        r.register(
+            "policy_denied",
+            "AWSIAMRoles refused by the namespace role policy or the controller's guard (RoleNotPermitted)",
+            self.policy_denied.clone(),
+        );
+        r.register(
+            "policy_would_deny",
+            "AWSIAMRoles issued under --namespace-policy=audit that enforce would deny",
+            self.policy_would_deny.clone(),
+        );
+    }
+
+    /// Leader election.
+    fn register_election(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            self.leader.clone(),
+        );
+        r.register(
+            "leader_election_seconds_since_success",
+            "Seconds since the leader election last completed a Lease call, or since it started while none has (0 without election)",
+            self.election_success_age.clone(),
+        );
+    }
+
+    /// The watches.
+    fn register_watches(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "watch_expired",
+            "Watches the API server ended with 410 Gone (history compacted), by resource",
+            self.watch_expired.clone(),
+        );
+        r.register(
+            "watch_relists",
+            "Lists after the first, by resource: the watch cache was rebuilt",
+            self.watch_relists.clone(),
+        );
+    }
+
+    /// The admission webhook.
+    fn register_webhook(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "webhook_admissions",
+            "Pod admissions by result (mutated, unchanged, skipped, denied, error)",
+            self.webhook_admissions.clone(),
+        );
+        r.register(
+            "webhook_admission_duration_seconds",
+            "Time the webhook took to answer one admission",
+            self.webhook_duration.clone(),
+        );
+        r.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served webhook certificate expires",
+            self.webhook_cert_expiry.clone(),
+        );
     }
 
     /// The registry in the Prometheus text format.

@@ -175,41 +175,14 @@ impl Process {
         ));
         // One AWSIAMRole cache for the loop and the webhook.
         let roles = controller::RoleCache::default();
-        // Every replica serves admissions; only the leader rotates the certificate.
         let webhook = match parts.webhook {
-            Some(settings) => {
-                let leader = ctx.clone();
-                Some(Arc::new(
-                    crate::webhook::start(
-                        ctx.client.clone(),
-                        settings,
-                        ctx.metrics.clone(),
-                        Arc::new(move || leader.is_leader()),
-                        Some(crate::webhook::policy_check(ctx.clone())),
-                        Some(roles.view()),
-                    )
-                    .await?,
-                ))
-            }
+            Some(settings) => Some(start_webhook(&ctx, settings, &roles).await?),
             None => None,
         };
         if let (Some(slot), Some(hook)) = (&self.webhook_certs, &webhook) {
             let _ = slot.set(hook.certs.clone());
         }
-        let (resign_tx, resign_rx) = tokio::sync::oneshot::channel::<Resign>();
-        let election = match (self.settings.election.clone(), self.elector.take()) {
-            (Some(lease), Some(elector)) => {
-                info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "joining leader election");
-                let store = KubeLease::new(ctx.client.clone(), &lease);
-                Some(tokio::spawn(leader::run(
-                    store,
-                    lease,
-                    elector,
-                    async move { resign_rx.await.unwrap_or(Resign::LetExpire) },
-                )))
-            }
-            _ => None,
-        };
+        let (election, resign_tx) = self.join_election(&ctx);
         let loop_done = controller::run(
             ctx.clone(),
             parts.run,
@@ -254,6 +227,51 @@ impl Process {
             task,
         })
     }
+
+    /// Joins the leader election when it is on: its task, and the sender that ends it.
+    fn join_election(
+        &mut self,
+        ctx: &Context,
+    ) -> (
+        Option<tokio::task::JoinHandle<()>>,
+        tokio::sync::oneshot::Sender<Resign>,
+    ) {
+        let (resign_tx, resign_rx) = tokio::sync::oneshot::channel::<Resign>();
+        let election = match (self.settings.election.clone(), self.elector.take()) {
+            (Some(lease), Some(elector)) => {
+                info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "joining leader election");
+                let store = KubeLease::new(ctx.client.clone(), &lease);
+                Some(tokio::spawn(leader::run(
+                    store,
+                    lease,
+                    elector,
+                    async move { resign_rx.await.unwrap_or(Resign::LetExpire) },
+                )))
+            }
+            _ => None,
+        };
+        (election, resign_tx)
+    }
+}
+
+/// Starts the admission webhook on the loop's context and AWSIAMRole cache. Every replica
+/// serves admissions; only the leader rotates the certificate.
+async fn start_webhook(
+    ctx: &Arc<Context>,
+    settings: crate::webhook::Settings,
+    roles: &controller::RoleCache,
+) -> Result<Arc<crate::webhook::Handle>> {
+    let leader = ctx.clone();
+    let hook = crate::webhook::start(
+        ctx.client.clone(),
+        settings,
+        ctx.metrics.clone(),
+        Arc::new(move || leader.is_leader()),
+        Some(crate::webhook::policy_check(ctx.clone())),
+        Some(roles.view()),
+    )
+    .await?;
+    Ok(Arc::new(hook))
 }
 
 impl Drop for Process {

@@ -16,8 +16,7 @@ use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::proxy::CutProxy;
 use support::sts_double::StsDouble;
 use support::{
-    BASE_ROLE_ARN, compact_etcd, data, env_with, role, run_controller, sts_issuer, test_settings,
-    wait_for,
+    BASE_ROLE_ARN, Controller, compact_etcd, data, env_with, role, sts_issuer, wait_for,
 };
 
 const APISERVER_FLAGS: &[&str] = &["--watch-cache=false"];
@@ -52,7 +51,9 @@ async fn controller_recovers_from_an_api_server_restart_without_reissuing() {
     let client = env.client().await;
     let ns = env.namespace(&client, "restart-api").await;
     let sts = StsDouble::start().await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for name in ["before-one", "before-two"] {
@@ -112,13 +113,9 @@ async fn after_a_network_cut_past_compaction_the_controller_relists_and_converge
     let ns = env.namespace(&admin, "net-cut").await;
     let sts = StsDouble::start().await;
     let proxy = CutProxy::start(env.api_addr()).await;
-    let ctl = run_controller(
-        &env.client_through(&proxy),
-        &ns,
-        sts_issuer(&sts.endpoint),
-        test_settings(),
-    )
-    .await;
+    let ctl = Controller::builder(&env.client_through(&proxy), &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(admin.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
     for name in ["kept", "changed", "deleted"] {

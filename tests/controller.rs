@@ -14,7 +14,7 @@ use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::{
-    data, ready_role, role, run_controller, secret_where, sts_issuer, test_settings, wait_for,
+    Controller, data, ready_role, role, secret_where, sts_issuer, test_settings, wait_for,
     wait_for_within,
 };
 
@@ -48,13 +48,9 @@ async fn new_role_gets_a_secret_whose_credentials_boto3_uses_as_the_role() {
         secrets,
         ..
     } = scene("create").await;
-    let ctl = run_controller(
-        &client,
-        &ns,
-        sts_issuer(&env.moto_endpoint),
-        test_settings(),
-    )
-    .await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&env.moto_endpoint))
+        .start()
+        .await;
     let mut r = role("reader", "team/s3-reader", 3600);
     r.metadata.labels = Some([("application".to_string(), "shop".to_string())].into());
     let created = roles
@@ -148,7 +144,10 @@ async fn credentials_are_renewed_before_expiry_with_the_minimum_of_sts_calls() {
     sts.lifetime(&arn, Duration::from_secs(40));
     let mut settings = test_settings();
     settings.refresh_limit = Duration::from_secs(5);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("renewed", "renewed", 900))
         .await
@@ -186,7 +185,9 @@ async fn spec_change_issues_new_credentials_at_once() {
         sts,
         ..
     } = scene("spec").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("app", "first", 3600))
         .await
@@ -222,7 +223,9 @@ async fn deleted_or_edited_secret_is_restored() {
         sts,
         ..
     } = scene("restore").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await
@@ -275,7 +278,9 @@ async fn deleting_the_role_removes_its_secret_without_a_garbage_collector() {
         sts,
         ..
     } = scene("delete").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("gone", "gone", 3600))
         .await
@@ -302,7 +307,9 @@ async fn a_foreign_secret_of_the_same_name_is_never_touched() {
         sts,
         ..
     } = scene("foreign").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let mut foreign = Secret::default();
     foreign.metadata.name = Some("db".into());
     foreign.string_data = Some([("password".to_string(), "hunter2".to_string())].into());
@@ -361,7 +368,10 @@ async fn a_denied_role_is_not_ready_gets_no_secret_and_is_not_retried_hot() {
     // Permanent failures requeue after --max-backoff (spread over its upper fifth): 24 to 30 s.
     let mut settings = test_settings();
     settings.max_backoff = Duration::from_secs(30);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("nope", "forbidden", 3600))
         .await
@@ -404,7 +414,9 @@ async fn a_start_reconciles_each_role_once_whatever_the_order_of_the_initial_lis
         .await
         .expect("create");
     for start in 1..=6 {
-        let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+        let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+            .start()
+            .await;
         if start == 1 {
             secret_where(&secrets, "app", |_| true).await;
         }
@@ -443,13 +455,10 @@ async fn invalid_references_are_reported_without_calling_sts() {
     } = scene("invalid").await;
     // The schema refuses malformed ARNs (tests/malformed.rs); a bare name without a base role
     // ARN passes it and is still unusable.
-    let ctl = support::run_controller_without_base(
-        &client,
-        &ns,
-        sts_issuer(&sts.endpoint),
-        test_settings(),
-    )
-    .await;
+    let ctl = support::Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .without_base_role_arn()
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("bad", "bare-name", 3600))
         .await
@@ -482,7 +491,10 @@ async fn transient_sts_errors_back_off_and_keep_the_last_valid_credentials() {
     let mut settings = test_settings();
     settings.backoff_base = Duration::from_secs(30);
     settings.max_backoff = Duration::from_secs(30);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("flaky", "flaky", 900))
         .await
@@ -542,7 +554,9 @@ async fn a_restarted_controller_does_not_reissue_valid_credentials() {
         sts,
         ..
     } = scene("restart").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     for name in ["one", "two", "six"] {
         roles
             .create(&PostParams::default(), &role(name, name, 3600))
@@ -556,7 +570,9 @@ async fn a_restarted_controller_does_not_reissue_valid_credentials() {
     ctl.stop().await;
     let before = sts.total_calls();
     assert_eq!(before, 3);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     wait_for("caches synced", || async {
         ctl.ready
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -582,7 +598,9 @@ async fn a_role_recreated_under_the_same_name_gets_a_secret_owned_by_it_within_s
         sts,
         ..
     } = scene("recreate").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let first = roles
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await
@@ -640,7 +658,9 @@ async fn labels_removed_from_the_role_disappear_from_its_secret_without_an_sts_c
         sts,
         ..
     } = scene("labels").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let mut r = role("app", "app", 3600);
     r.metadata.labels = Some(
         [
@@ -694,7 +714,9 @@ async fn changed_session_options_reissue_and_nothing_else_does() {
         ..
     } = scene("options").await;
     let arn = format!("{ARN_PREFIX}app");
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
         .await
@@ -718,7 +740,10 @@ async fn changed_session_options_reissue_and_nothing_else_does() {
     // The operator adds an external id: the credentials were issued without it.
     let mut settings = test_settings();
     settings.sts_options.external_id = Some("kaic-external-1".into());
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     let reissued = secret_where(&secrets, "app", |s| {
         data(s, "credentials.json") != data(&first, "credentials.json")
     })
@@ -752,7 +777,9 @@ async fn credentials_shorter_than_asked_are_renewed_at_half_life_not_in_a_loop()
     let arn = format!("{ARN_PREFIX}short");
     // Asked for 900 s, given 300 s: renewed after 150 s, not at once and again and again.
     sts.lifetime(&arn, Duration::from_secs(300));
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("short", "short", 900))
         .await
@@ -779,7 +806,10 @@ async fn credentials_arriving_inside_the_refresh_window_back_off_instead_of_loop
     let mut settings = test_settings();
     settings.backoff_base = Duration::from_secs(120);
     settings.max_backoff = Duration::from_secs(120);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("skewed", "skewed", 900))
         .await
@@ -810,7 +840,9 @@ async fn a_role_reference_changed_to_a_denied_role_withdraws_the_old_credentials
     } = scene("withdraw").await;
     let denied = format!("{ARN_PREFIX}forbidden");
     sts.deny(&denied);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("app", "allowed", 3600))
         .await
@@ -930,7 +962,9 @@ async fn taking_over_a_secret_written_by_the_go_controller_writes_nothing() {
         )
         .await
         .expect("create go secret");
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let ready = ready_role(&roles, "legacy", "True", Some("CredentialsIssued")).await;
     assert_eq!(
         ready.status.and_then(|s| s.expiration).as_deref(),
@@ -958,7 +992,10 @@ async fn a_labelled_secret_without_an_owner_is_kept_for_the_grace_period() {
     } = scene("grace").await;
     let mut settings = test_settings();
     settings.orphan_grace = Duration::from_secs(8);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     wait_for("caches synced", || async {
         ctl.ready
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -1014,7 +1051,10 @@ async fn a_renewal_is_one_reconcile_that_reads_nothing_live() {
     sts.lifetime(&arn, Duration::from_secs(60));
     let mut settings = test_settings();
     settings.refresh_limit = Duration::from_secs(25);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("lean", "lean", 900))
         .await

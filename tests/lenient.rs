@@ -12,9 +12,7 @@ use kube::discovery::ApiResource;
 use serde_json::json;
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
-use support::{
-    Scene, install_crd, repo, role, run_controller, scene, sts_issuer, test_settings, wait_for,
-};
+use support::{Controller, Scene, install_crd, repo, role, scene, sts_issuer, wait_for};
 
 /// The shipped CRD with a spec schema that accepts anything, as the Go controller's did.
 async fn install_permissive_crd(client: &kube::Client) {
@@ -80,7 +78,9 @@ async fn a_role_without_role_reference_does_not_stall_the_others() {
         .await
         .expect("create a valid role");
 
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     wait_for("the valid role to be Ready", || async {
         let r = roles.get("good").await.ok()?;
         (r.ready_condition()?.status == "True").then_some(())

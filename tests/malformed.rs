@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
-use support::{BASE_ROLE_ARN, Scene, run_controller, scene, sts_issuer, test_settings, wait_for};
+use support::{BASE_ROLE_ARN, Controller, Scene, scene, sts_issuer, wait_for};
 
 fn resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk("zalando.org", "v1", "AWSIAMRole"))
@@ -163,7 +163,9 @@ async fn malformed_awsiamroles_are_refused_with_clear_messages_and_never_stall_a
         client, ns, roles, ..
     } = scene("malformed").await;
     let sts = StsDouble::start().await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource());
 
     let rows = refused();

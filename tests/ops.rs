@@ -20,7 +20,7 @@ use serde_json::json;
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::StsDouble;
 use support::{
-    Binary, data, metric, role, run_controller, start_binary, sts_issuer, test_settings, wait_for,
+    Binary, Controller, data, metric, role, start_binary, sts_issuer, test_settings, wait_for,
 };
 
 const ARN_PREFIX: &str = "arn:aws:iam::123456789012:role/";
@@ -43,7 +43,10 @@ async fn sts_outage_keeps_the_last_credentials_backs_off_and_recovers() {
     settings.refresh_limit = Duration::from_secs(15);
     settings.backoff_base = Duration::from_secs(1);
     settings.max_backoff = Duration::from_secs(8);
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     roles
         .create(&PostParams::default(), &role("outage", "outage", 900))
         .await

@@ -16,8 +16,8 @@ use kube_aws_iam_controller::policy::{
 };
 use support::sts_double::StsDouble;
 use support::{
-    BASE_ROLE_ARN, Launch, data, env, event_reasons, ready_role, role, run_controller,
-    run_controller_with_policy, sts_issuer, test_settings, wait_for,
+    BASE_ROLE_ARN, Controller, Launch, data, env, event_reasons, ready_role, role, sts_issuer,
+    wait_for,
 };
 
 fn has_credentials(s: &k8s_openapi::api::core::v1::Secret) -> bool {
@@ -32,7 +32,9 @@ async fn a_namespace_without_a_policy_gets_no_credentials_and_an_annotated_one_d
     let client = env.client().await;
     let sts = StsDouble::start().await;
     let bare = env.namespace_with(&client, "nopolicy", &[]).await;
-    let ctl = run_controller(&client, &bare, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &bare, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &bare);
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
@@ -65,13 +67,9 @@ async fn a_namespace_without_a_policy_gets_no_credentials_and_an_annotated_one_d
             &[(ALLOWED_ROLES_ANNOTATION, r#"["app"]"#)],
         )
         .await;
-    let ctl = run_controller(
-        &client,
-        &allowed,
-        sts_issuer(&sts.endpoint),
-        test_settings(),
-    )
-    .await;
+    let ctl = Controller::builder(&client, &allowed, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &allowed);
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
@@ -89,7 +87,9 @@ async fn revoking_the_annotation_withdraws_the_credentials_and_restoring_it_reis
     let ns = env
         .namespace_with(&client, "revoke", &[(PERMITTED_ANNOTATION, "team/.*")])
         .await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &ns);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     roles
@@ -174,14 +174,10 @@ async fn the_controllers_own_role_is_refused_whatever_the_policy_except_for_its_
     for mode in [PolicyMode::Enforce, PolicyMode::None] {
         let policy =
             PolicyContext::new(mode, Some((ns.clone(), "self".into())), Some(guard.clone()));
-        let ctl = run_controller_with_policy(
-            &client,
-            &ns,
-            sts_issuer(&sts.endpoint),
-            test_settings(),
-            policy,
-        )
-        .await;
+        let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+            .policy(policy)
+            .start()
+            .await;
         let roles = Api::namespaced(client.clone(), &ns);
         let suffix = mode.as_str();
         for (name, reference) in [
@@ -217,14 +213,10 @@ async fn the_controllers_own_role_is_refused_whatever_the_policy_except_for_its_
         Some((ns.clone(), "self".into())),
         Some(guard),
     );
-    let ctl = run_controller_with_policy(
-        &client,
-        &ns,
-        sts_issuer(&sts.endpoint),
-        test_settings(),
-        policy,
-    )
-    .await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .policy(policy)
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &ns);
     roles
         .create(
@@ -244,14 +236,10 @@ async fn audit_mode_issues_and_reports_what_enforce_would_deny() {
     let sts = StsDouble::start().await;
     let ns = env.namespace_with(&client, "audit", &[]).await;
     let policy = PolicyContext::new(PolicyMode::Audit, None, Some(Guard::default()));
-    let ctl = run_controller_with_policy(
-        &client,
-        &ns,
-        sts_issuer(&sts.endpoint),
-        test_settings(),
-        policy,
-    )
-    .await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .policy(policy)
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role("app", "app", 3600))
@@ -315,7 +303,9 @@ async fn a_role_reference_changed_to_a_role_sts_denies_withdraws_the_old_roles_c
     let sts = StsDouble::start().await;
     sts.deny(&format!("{BASE_ROLE_ARN}forbidden"));
     let ns = env.namespace(&client, "change").await;
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles = Api::namespaced(client.clone(), &ns);
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     roles

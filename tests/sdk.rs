@@ -37,7 +37,7 @@ use support::kubelet::{MOUNT, PodUser, SecretVolume, VolumeSpec, container};
 use support::sidecar::Sidecar;
 use support::sts_double::StsDouble;
 use support::{
-    BASE_ROLE_ARN, data, env, repo, role, run_controller, sts_issuer, test_settings, wait_for,
+    BASE_ROLE_ARN, Controller, data, env, repo, role, sts_issuer, test_settings, wait_for,
 };
 /// The AWSIAMRole (and Secret) of every case; each case has its own namespace.
 const APP: &str = "app";
@@ -549,13 +549,9 @@ async fn start(
     let env = env().await;
     let role_name = format!("sdk-start-{}-{}", sdk.name(), config.slug());
     let ns = env.namespace(&client, &role_name).await;
-    let ctl = run_controller(
-        &client,
-        &ns,
-        sts_issuer(&env.moto_endpoint),
-        test_settings(),
-    )
-    .await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&env.moto_endpoint))
+        .start()
+        .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role(APP, &role_name, 3600))
@@ -691,7 +687,10 @@ async fn rotation(
         refresh_limit: pace.refresh,
         ..test_settings()
     };
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .settings(settings)
+        .start()
+        .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(client.clone(), &ns);
     roles
         .create(&PostParams::default(), &role(APP, &case, 3600))

@@ -608,13 +608,9 @@ async fn the_controller_shows_the_binding_in_status_without_calling_sts_again() 
         sts,
         ..
     } = support::scene("sabs").await;
-    let ctl = support::run_controller(
-        &client,
-        &ns,
-        support::sts_issuer(&sts.endpoint),
-        support::test_settings(),
-    )
-    .await;
+    let ctl = support::Controller::builder(&client, &ns, support::sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let shown = |want: Option<&'static str>| {
         let roles = roles.clone();
         async move {

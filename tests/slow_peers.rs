@@ -19,7 +19,7 @@ use kube_aws_iam_controller::aws::sts::StsIssuer;
 use kube_aws_iam_controller::aws::{CredentialIssuer, IssueRequest, RequestOptions};
 use support::sts_double::StsDouble;
 use support::watch_fault::{Fault, Faults};
-use support::{Scene, data, role, run_controller, sdk_config, sts_issuer, test_settings, wait_for};
+use support::{Controller, Scene, data, role, sdk_config, sts_issuer, test_settings, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Far more than any bounded call needs past its timeout (the SDK's own cleanup, two busy
@@ -125,7 +125,10 @@ async fn roles_whose_sts_calls_hang_or_trickle_do_not_stop_the_others_renewing()
     settings.refresh_limit = Duration::from_secs(5);
     let issuer: Arc<dyn CredentialIssuer> =
         Arc::new(StsIssuer::new(&sdk_config(&sts.endpoint), TIMEOUT));
-    let ctl = run_controller(&client, &ns, issuer, settings).await;
+    let ctl = Controller::builder(&client, &ns, issuer)
+        .settings(settings)
+        .start()
+        .await;
     let started = Instant::now();
     for name in ["hung", "trickled"].iter().chain(healthy.iter()) {
         roles
@@ -195,7 +198,9 @@ async fn watches_answered_with_garbage_or_cut_short_are_recovered_and_the_contro
     let sts = StsDouble::start().await;
     let faults = Arc::new(Faults::default());
     let client = env.faulty_client(faults.clone());
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let roles: Api<AWSIAMRole> = Api::namespaced(admin.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
     let secret_uid = |name: &'static str| {

@@ -14,7 +14,7 @@ use kube::api::{Api, PostParams};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use support::sts_double::{RecordedRequest, StsDouble};
 use support::{
-    data, ready_role, role, run_controller, secret, start_binary, sts_issuer, test_settings,
+    Controller, data, ready_role, role, secret, start_binary, sts_issuer, test_settings,
     wait_for_within,
 };
 
@@ -191,7 +191,9 @@ async fn invalid_session_policies_are_reported_without_calling_sts() {
         "{err}"
     );
 
-    let ctl = run_controller(&client, &ns, sts_issuer(&sts.endpoint), test_settings()).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&sts.endpoint))
+        .start()
+        .await;
     let mut not_json = role("not-json", "app", 3600);
     not_json.spec.policy = Some("Allow everything".into());
     let mut gov = role("gov-policy", "app", 3600);
@@ -411,7 +413,10 @@ async fn moto_accepts_requests_with_every_option_and_the_credentials_work() {
         }),
         source_identity: Some("{namespace}@{name}".parse().expect("template")),
     };
-    let ctl = run_controller(&client, &ns, sts_issuer(&env.moto_endpoint), settings).await;
+    let ctl = Controller::builder(&client, &ns, sts_issuer(&env.moto_endpoint))
+        .settings(settings)
+        .start()
+        .await;
     let mut scoped = role("scoped", "reports-reader", 3600);
     scoped.spec.policy = Some(POLICY.into());
     scoped.spec.policy_arns = vec![READ_ONLY.into()];

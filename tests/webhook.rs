@@ -180,13 +180,10 @@ fn projection(pod: &Value) -> Value {
 #[tokio::test]
 async fn a_deployments_pod_template_gets_the_documented_wiring_and_every_sdk_gets_the_role() {
     let s = support::scene("hook-app").await;
-    let controller = support::run_controller(
-        &s.client,
-        &s.ns,
-        support::sts_issuer(&s.env.moto_endpoint),
-        support::test_settings(),
-    )
-    .await;
+    let controller =
+        support::Controller::builder(&s.client, &s.ns, support::sts_issuer(&s.env.moto_endpoint))
+            .start()
+            .await;
     let hook = start(&s.client, settings(&s.ns, lifetimes()), true).await;
     install(
         &s.client,

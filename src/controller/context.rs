@@ -19,7 +19,7 @@ use super::key::RoleKey;
 use super::known::SecretKnowledge;
 use super::leader::Leadership;
 use super::learned::Learned;
-use super::status::{self, Announce, Note, Outcome, Severity};
+use super::status::{self, Announce, Note, Outcome, Severity, StatusWrite};
 use crate::aws::options::StsOptions;
 use crate::aws::{BaseRoleArn, CredentialIssuer};
 use crate::crd::AWSIAMRole;
@@ -148,8 +148,8 @@ impl Context {
         self.learned.base_role_arn()
     }
 
-    /// Writes the status for `outcome`, computed from the object it patches and only when it
-    /// changes something; never for an object that moved on to a newer generation. The patch
+    /// Writes the status for `outcome`, judged ([`status::write`]) against the object it
+    /// patches and only when it changes something; never for an object that moved on to a newer generation. The patch
     /// carries the resourceVersion of the object it was computed from (the cached one, then,
     /// after a conflict, the live one): a change in between is a conflict, never overwritten.
     #[instrument(name = "status_write", skip_all)]
@@ -171,12 +171,8 @@ impl Context {
         };
         self.metrics
             .role_state(&key, matches!(outcome, Outcome::Ready { .. }), expiry);
-        if cached
-            == Some(&status::with_binding(
-                status::next(cached, outcome, now),
-                &role.spec,
-            ))
-        {
+        let judged = status::write(role, outcome, now);
+        if judged == StatusWrite::Unchanged {
             return Ok(Transition::Unchanged);
         }
         let api: Api<AWSIAMRole> =
@@ -187,11 +183,11 @@ impl Context {
         // The cache may not show this process's own last status write yet (a reconcile right
         // after another): then the live object is read instead of sending a patch bound to fail.
         let behind = self.status_behind(&key, role.metadata.resource_version.as_deref());
-        if !behind
+        if let StatusWrite::Patch { patch, transition } = &judged
+            && !behind
             && role.resource_version().is_some()
-            && status::may_write(role.meta().generation, cached, outcome.generation())
         {
-            match self.patch_status(&api, role, outcome, now).await {
+            match self.patch_status(&api, role, patch, *transition).await {
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 done => return done,
             }
@@ -199,20 +195,17 @@ impl Context {
         let Some(live) = api.get_opt(&role.name_any()).await? else {
             return Ok(Transition::Unchanged);
         };
-        if live.uid() != role.uid()
-            || !status::may_write(
-                live.meta().generation,
-                live.status.as_ref(),
-                outcome.generation(),
-            )
-        {
+        if live.uid() != role.uid() {
             return Ok(Transition::Unchanged);
         }
-        self.patch_status(&api, &live, outcome, now).await
+        match status::write(&live, outcome, now) {
+            StatusWrite::Patch { patch, transition } => {
+                self.patch_status(&api, &live, &patch, transition).await
+            }
+            StatusWrite::Unchanged | StatusWrite::Stale => Ok(Transition::Unchanged),
+        }
     }
 
-    /// Whether the cached AWSIAMRole `key`, at `cached` resourceVersion, may be behind this
-    /// process's last status write of it; once the cache shows that write it is forgotten.
     fn status_behind(&self, key: &RoleKey, cached: Option<&str>) -> bool {
         let Ok(mut written) = self.statuses.lock() else {
             return false;
@@ -236,20 +229,15 @@ impl Context {
         );
     }
 
-    /// Patches the status of `object` (as read, with its resourceVersion as the precondition)
-    /// for `outcome`, when that changes it.
+    /// Sends `status_patch` (judged by [`status::write`] against `object` as read), with
+    /// `object`'s resourceVersion as the precondition, when this replica leads.
     async fn patch_status(
         &self,
         api: &Api<AWSIAMRole>,
         object: &AWSIAMRole,
-        outcome: &Outcome,
-        now: chrono::DateTime<Utc>,
+        status_patch: &serde_json::Value,
+        transition: bool,
     ) -> Result<Transition, kube::Error> {
-        let current = object.status.as_ref();
-        let next = status::with_binding(status::next(current, outcome, now), &object.spec);
-        if current == Some(&next) {
-            return Ok(Transition::Unchanged);
-        }
         if !self.may_write("status") {
             return Ok(Transition::Unchanged);
         }
@@ -258,7 +246,7 @@ impl Context {
         // `InvalidSpec` object), which is exactly the one that needs its status written.
         let patch = json!({
             "metadata": {"resourceVersion": object.resource_version()},
-            "status": status::merge_patch(current, &next),
+            "status": status_patch,
         });
         let pp = PatchParams {
             field_manager: Some(MANAGER.into()),
@@ -270,15 +258,13 @@ impl Context {
         if let (Ok(mut m), Some(rv)) = (self.statuses.lock(), written.resource_version()) {
             m.insert(RoleKey::of(object), rv);
         }
-        Ok(if status::is_transition(current, &next) {
+        Ok(if transition {
             Transition::Changed
         } else {
             Transition::Unchanged
         })
     }
 
-    /// Publishes `note` if its policy says so for `transition`; a failure to publish is
-    /// logged, never fatal.
     pub async fn announce(&self, role: &AWSIAMRole, note: Note, transition: Transition) {
         if note.announce == Announce::OnTransition && transition == Transition::Unchanged {
             return;

@@ -692,6 +692,124 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_secret_write_that_conflicts_is_observed_and_decided_again_without_a_second_sts_call()
+    {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        // Ten minutes left: inside the refresh window.
+        let s = stored_secret(&r, Duration::from_secs(600));
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            let first = api.expect(Method::PATCH, &secret_path("app")).await;
+            assert_eq!(first.body["metadata"]["resourceVersion"], "200");
+            let credentials = first.body["data"]["credentials.json"].clone();
+            assert!(credentials.is_string());
+            first.conflict();
+            // Someone labelled the Secret meanwhile: read it again, decide again.
+            let mut theirs = s.clone();
+            theirs.metadata.resource_version = Some("201".into());
+            theirs.labels_mut().insert("team".into(), "checkout".into());
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .ok(&theirs);
+            let second = api.expect(Method::PATCH, &secret_path("app")).await;
+            assert_eq!(
+                second.body["metadata"]["resourceVersion"], "201",
+                "on the version read again"
+            );
+            assert_eq!(
+                second.body["data"]["credentials.json"], credentials,
+                "the credentials already issued"
+            );
+            let mut renewed = theirs.clone();
+            renewed.metadata.resource_version = Some("202".into());
+            second.ok(&renewed);
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(status["status"]["conditions"][0]["status"], "True");
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "UpdateCredentials");
+            event.echo();
+            api.silent().await;
+        });
+        let action = within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 1, "STS is asked once");
+        assert!(
+            requeue(&action) > Some(Duration::from_secs(600)),
+            "{action:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_that_conflicts_with_a_foreign_secret_is_decided_again_and_leaves_it_alone() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        let stored = r.clone();
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .not_found();
+            api.expect(Method::POST, SECRETS).await.conflict();
+            // Created meanwhile by someone else, under the same name.
+            let mut foreign = Secret::default();
+            foreign.metadata.name = Some("app".into());
+            foreign.metadata.namespace = Some(NS.into());
+            foreign.metadata.resource_version = Some("300".into());
+            api.expect(Method::GET, &secret_path("app"))
+                .await
+                .ok(&foreign);
+            let status = status_patch(&mut api, &stored).await;
+            assert_eq!(
+                status["status"]["conditions"][0]["reason"],
+                "SecretConflict"
+            );
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "SecretConflict");
+            event.echo();
+            api.silent().await;
+        });
+        within(reconcile::reconcile_role(&r, &ctx))
+            .await
+            .expect("ok");
+        server.await.expect("server");
+        assert_eq!(sts.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_conflicts_again_after_the_second_look_backs_off_with_one_warning() {
+        let sts = FakeSts::new(Duration::from_secs(3600));
+        let (ctx, mut api, _leader) = context(sts.clone());
+        let r = role("app", "app", 1);
+        let s = stored_secret(&r, Duration::from_secs(600));
+        let server = tokio::spawn(async move {
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            api.expect(Method::PATCH, &secret_path("app"))
+                .await
+                .conflict();
+            api.expect(Method::GET, &secret_path("app")).await.ok(&s);
+            api.expect(Method::PATCH, &secret_path("app"))
+                .await
+                .conflict();
+            let event = api.expect(Method::POST, EVENTS).await;
+            assert_eq!(event.body["reason"], "UpdateSecretFailed");
+            event.echo();
+            api.silent().await;
+        });
+        let result = within(reconcile::reconcile_role(&r, &ctx)).await;
+        server.await.expect("server");
+        assert!(
+            matches!(&result, Err(crate::Error::Kube(kube::Error::Api(s))) if s.code == 409),
+            "{result:?}"
+        );
+        assert_eq!(sts.count(), 1);
+    }
+
+    #[tokio::test]
     async fn a_secret_known_at_its_cached_version_is_decided_without_any_request() {
         let sts = FakeSts::new(Duration::from_secs(3600));
         let (ctx, api, _leader) = context(sts.clone());

@@ -5,6 +5,9 @@
 //! again like any other replica. Only the leader calls STS and writes; followers keep their
 //! caches warm.
 //!
+//! The decisions are pure, in [`super::campaign`]; this file holds the claim the reconcilers
+//! read, the small loop that observes, steps and acts, and the release on the way out.
+//!
 //! NOTE: this replaces kube-lease-manager, whose `changed()` returns an error while it keeps
 //! its own idea of being the holder: the caller cannot tell whether it leads, and after one
 //! failed renewal the library renewed as holder while the controller acted as follower (nobody
@@ -17,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, instrument, warn};
 
+use super::campaign::{self, Action, Moment, Seen, State};
 pub use super::lease::{Holding, KubeLease, LeaseStore, Observed, StoreError};
 use crate::metrics::Metrics;
 
@@ -207,54 +211,13 @@ impl Elector {
         self.metrics.election_succeeded();
     }
 
+    /// Publishes the claim when it changed.
     fn publish(&self, claim: Option<Claim>) {
-        self.claim.send_replace(claim);
-    }
-}
-
-/// What a candidate knows of the Lease: the last version seen and since when (local clock).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct View {
-    pub observed: Observed,
-    /// When this replica first saw `observed.version`.
-    pub since: Instant,
-}
-
-/// Folds a new read into the view: the clock of a holder restarts only when the Lease changed.
-pub fn observe(previous: Option<View>, observed: Observed, now: Instant) -> View {
-    match previous {
-        Some(v) if v.observed.version == observed.version => View { observed, ..v },
-        _ => View {
-            observed,
-            since: now,
-        },
-    }
-}
-
-/// A candidate's next move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CandidateStep {
-    /// The Lease is free, ours (a past life of this identity, or a renewal of ours that failed),
-    /// or unchanged for longer than its holder's duration: write it at the version seen.
-    Acquire,
-    /// Someone else holds it: read again, at the latest at this instant.
-    WaitUntil(Instant),
-}
-
-/// Decides what a candidate does with the Lease as seen. Expiry is judged by this replica's
-/// own clock from when it first saw the current version, never by the holder's timestamps.
-pub fn decide(view: &View, me: &str, default_duration: Duration, now: Instant) -> CandidateStep {
-    match view.observed.holder.as_deref() {
-        None => CandidateStep::Acquire,
-        Some(h) if h == me => CandidateStep::Acquire,
-        Some(_) => {
-            let expires = view.since + view.observed.duration.unwrap_or(default_duration);
-            if now >= expires {
-                CandidateStep::Acquire
-            } else {
-                CandidateStep::WaitUntil(expires)
-            }
-        }
+        self.claim.send_if_modified(|c| {
+            let changed = *c != claim;
+            *c = claim;
+            changed
+        });
     }
 }
 
@@ -265,22 +228,6 @@ pub enum Resign {
     Release,
     /// In-flight work may still be running: let the Lease expire instead.
     LetExpire,
-}
-
-enum State {
-    Candidate(Option<View>),
-    Leader {
-        version: String,
-        /// When the last successful renewal (or the acquisition) was sent.
-        renewed: Instant,
-        /// When to send the next renewal.
-        renew_at: Instant,
-        transitions: i32,
-    },
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(0.75 + rand::random::<f64>() * 0.5)
 }
 
 async fn call<T>(
@@ -304,9 +251,8 @@ pub async fn run<S: LeaseStore>(
     elector: Elector,
     resign: impl Future<Output = Resign>,
 ) {
-    let mut state = State::Candidate(None);
     let how = {
-        let work = campaign(&store, &settings, &elector, &mut state);
+        let work = campaign(&store, &settings, &elector);
         tokio::pin!(work);
         tokio::pin!(resign);
         tokio::select! {
@@ -355,182 +301,96 @@ async fn release<S: LeaseStore>(store: &S, settings: &LeaseSettings) {
     }
 }
 
-/// The election loop proper: never returns.
-async fn campaign<S: LeaseStore>(
-    store: &S,
-    settings: &LeaseSettings,
-    elector: &Elector,
-    state: &mut State,
-) {
-    let me = settings.identity.as_str();
-    let duration_seconds = i32::try_from(settings.duration.as_secs()).unwrap_or(i32::MAX);
+/// The election loop: observes (the answer to its last call, or the end of a wait), lets
+/// [`campaign::step`] decide, publishes the claim, acts. Never returns.
+async fn campaign<S: LeaseStore>(store: &S, settings: &LeaseSettings, elector: &Elector) {
+    let mut state = State::Candidate(None);
+    let mut seen = Seen::Nothing;
     loop {
         elector.beat();
-        match state {
-            State::Candidate(view) => {
-                let now = Instant::now();
-                let observed = match call(settings.call_timeout(), store.get()).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        warn!(error = %e, "leader election: cannot read the lease; retrying");
-                        sleep(jittered(settings.retry_period())).await;
-                        continue;
-                    }
-                };
-                elector.succeeded();
-                let sent = Instant::now();
-                let (result, transitions) = match observed {
-                    None => {
-                        let holding = Holding {
-                            holder: me.into(),
-                            duration_seconds,
-                            transitions: 0,
-                            acquired: true,
-                        };
-                        (
-                            call(settings.call_timeout(), store.create(&holding)).await,
-                            0,
-                        )
-                    }
-                    Some(observed) => {
-                        let v = observe(view.take(), observed, now);
-                        match decide(&v, me, settings.duration, Instant::now()) {
-                            CandidateStep::WaitUntil(until) => {
-                                debug!(holder = ?v.observed.holder, "leader election: following");
-                                *view = Some(v);
-                                let poll = Instant::now() + jittered(settings.retry_period());
-                                sleep_until(until.min(poll)).await;
-                                continue;
-                            }
-                            CandidateStep::Acquire => {
-                                let taken_over = v.observed.holder.as_deref() != Some(me);
-                                let transitions = v.observed.transitions + i32::from(taken_over);
-                                let holding = Holding {
-                                    holder: me.into(),
-                                    duration_seconds,
-                                    transitions,
-                                    acquired: taken_over,
-                                };
-                                let version = v.observed.version.clone();
-                                *view = Some(v);
-                                (
-                                    call(
-                                        settings.call_timeout(),
-                                        store.update(&version, Some(&holding)),
-                                    )
-                                    .await,
-                                    transitions,
-                                )
-                            }
-                        }
-                    }
-                };
-                match result {
-                    Ok(version) => {
-                        elector.succeeded();
-                        info!(
-                            identity = me,
-                            "leader election: acquired the lease; leading"
-                        );
-                        elector.publish(Some(Claim::Until(sent + settings.renew_deadline())));
-                        *state = State::Leader {
-                            version,
-                            renewed: sent,
-                            renew_at: sent + settings.renew_after(),
-                            transitions,
-                        };
-                    }
-                    // Someone else wrote first: read again at once.
-                    Err(StoreError::Conflict) => {
-                        elector.succeeded();
-                        debug!("leader election: lost the race for the lease");
-                        sleep(jittered(settings.retry_period() / 4)).await;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "leader election: cannot take the lease; retrying");
-                        sleep(jittered(settings.retry_period())).await;
-                    }
-                }
+        let was_leading = matches!(state, State::Leader(_));
+        let (next, action) = campaign::step(settings, state, seen, Moment::read());
+        state = next;
+        elector.publish(state.claim(settings));
+        if !was_leading && matches!(state, State::Leader(_)) {
+            info!(
+                identity = settings.identity.as_str(),
+                "leader election: acquired the lease; leading"
+            );
+        }
+        if let (State::Candidate(Some(view)), Action::WaitUntil(_)) = (&state, &action) {
+            debug!(holder = ?view.observed.holder, "leader election: following");
+        }
+        seen = act(store, elector, action).await;
+    }
+}
+
+/// Carries out one action and reports what came of it.
+async fn act<S: LeaseStore>(store: &S, elector: &Elector, action: Action) -> Seen {
+    let sent = Instant::now();
+    match action {
+        Action::Read { limit } => {
+            let result = call(limit, store.get()).await;
+            answered(elector, &result, "read");
+            Seen::Read { sent, result }
+        }
+        Action::Create { holding, limit } => {
+            let result = call(limit, store.create(&holding)).await;
+            answered(elector, &result, "create");
+            Seen::Wrote {
+                sent,
+                holding,
+                result,
             }
-            State::Leader {
-                version,
-                renewed,
-                renew_at,
-                transitions,
-            } => {
-                let deadline = *renewed + settings.renew_deadline();
-                sleep_until((*renew_at).min(deadline)).await;
-                elector.beat();
-                let now = Instant::now();
-                if now >= deadline {
-                    lose(elector, state, "no renewal within the renew deadline");
-                    continue;
-                }
-                let holding = Holding {
-                    holder: me.into(),
-                    duration_seconds,
-                    transitions: *transitions,
-                    acquired: false,
-                };
-                let limit = settings.call_timeout().min(deadline - now);
-                let retry = Instant::now() + jittered(settings.retry_period());
-                match call(limit, store.update(version, Some(&holding))).await {
-                    Ok(v) => {
-                        elector.succeeded();
-                        *version = v;
-                        *renewed = now;
-                        *renew_at = now + settings.renew_after();
-                        elector.publish(Some(Claim::Until(now + settings.renew_deadline())));
-                    }
-                    Err(StoreError::Conflict) => {
-                        elector.succeeded();
-                        // Changed by someone, or by a renewal of ours whose answer was lost.
-                        let limit = settings
-                            .call_timeout()
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                        match call(limit, store.get()).await {
-                            Ok(Some(o)) if o.holder.as_deref() == Some(me) => {
-                                elector.succeeded();
-                                // Still ours: renew at once at the version just read.
-                                *version = o.version;
-                                *transitions = o.transitions;
-                            }
-                            Ok(other) => {
-                                elector.succeeded();
-                                let since = Instant::now();
-                                lose(elector, state, "another replica took the lease");
-                                *state = State::Candidate(
-                                    other.map(|observed| View { observed, since }),
-                                );
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "leader election: cannot read the lease after a conflict; retrying");
-                                *renew_at = retry;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "leader election: cannot renew the lease; retrying");
-                        *renew_at = retry;
-                    }
-                }
+        }
+        Action::TakeOver {
+            version,
+            holding,
+            limit,
+        }
+        | Action::Renew {
+            version,
+            holding,
+            limit,
+        } => {
+            let result = call(limit, store.update(&version, Some(&holding))).await;
+            answered(elector, &result, "update");
+            Seen::Wrote {
+                sent,
+                holding,
+                result,
             }
+        }
+        Action::WaitUntil(until) => {
+            sleep_until(until).await;
+            Seen::Nothing
+        }
+        Action::StepDown(why) => {
+            warn!(
+                reason = why,
+                "leader election: stopped leading; competing for the lease again"
+            );
+            Seen::Nothing
         }
     }
 }
 
-fn lose(elector: &Elector, state: &mut State, why: &'static str) {
-    warn!(
-        reason = why,
-        "leader election: stopped leading; competing for the lease again"
-    );
-    elector.publish(None);
-    *state = State::Candidate(None);
+/// A call the API server answered (a conflict included) counts as the election's success.
+fn answered<T>(elector: &Elector, result: &Result<T, StoreError>, call: &'static str) {
+    match result {
+        Ok(_) => elector.succeeded(),
+        Err(StoreError::Conflict) => {
+            elector.succeeded();
+            debug!(call, "leader election: the lease changed meanwhile");
+        }
+        Err(e) => warn!(error = %e, call, "leader election: a lease call failed; retrying"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::sleep;
 
     fn settings(d: u64, g: u64) -> LeaseSettings {
         LeaseSettings {
@@ -559,63 +419,6 @@ mod tests {
         assert_eq!(s.renew_deadline(), Duration::from_millis(12_500));
         assert!(s.renew_after() < s.renew_deadline() && s.renew_deadline() < s.duration);
         assert!(s.call_timeout() <= s.renew_deadline() - s.renew_after());
-    }
-
-    fn observed(version: &str, holder: Option<&str>) -> Observed {
-        Observed {
-            version: version.into(),
-            holder: holder.map(String::from),
-            duration: Some(Duration::from_secs(15)),
-            transitions: 3,
-        }
-    }
-
-    #[test]
-    fn a_holder_is_timed_from_when_its_lease_last_changed_here() {
-        let t0 = Instant::now();
-        let v = observe(None, observed("1", Some("other")), t0);
-        let later = t0 + Duration::from_secs(10);
-        let same = observe(Some(v.clone()), observed("1", Some("other")), later);
-        assert_eq!(same.since, t0, "an unchanged lease keeps its clock");
-        let renewed = observe(Some(same), observed("2", Some("other")), later);
-        assert_eq!(renewed.since, later, "a renewal restarts it");
-    }
-
-    #[test]
-    fn a_candidate_takes_a_free_own_or_expired_lease_and_waits_otherwise() {
-        let t0 = Instant::now();
-        let d = Duration::from_secs(15);
-        let held = View {
-            observed: observed("1", Some("other")),
-            since: t0,
-        };
-        assert_eq!(
-            decide(&held, "me", d, t0 + Duration::from_secs(14)),
-            CandidateStep::WaitUntil(t0 + d)
-        );
-        assert_eq!(decide(&held, "me", d, t0 + d), CandidateStep::Acquire);
-        let free = View {
-            observed: observed("1", None),
-            since: t0,
-        };
-        assert_eq!(decide(&free, "me", d, t0), CandidateStep::Acquire);
-        let mine = View {
-            observed: observed("1", Some("me")),
-            since: t0,
-        };
-        assert_eq!(decide(&mine, "me", d, t0), CandidateStep::Acquire);
-        // The holder's own duration counts, not ours.
-        let long = View {
-            observed: Observed {
-                duration: Some(Duration::from_secs(60)),
-                ..observed("1", Some("other"))
-            },
-            since: t0,
-        };
-        assert_eq!(
-            decide(&long, "me", d, t0 + d),
-            CandidateStep::WaitUntil(t0 + Duration::from_secs(60))
-        );
     }
 
     #[test]

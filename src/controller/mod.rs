@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod campaign;
 pub mod context;
 #[cfg(test)]
 pub mod fixtures;
@@ -92,17 +93,7 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (stop_tx, stop) = watch::channel(false);
-    let stop_signal = tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let graceful = {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    };
+    let (stop_signal, stop) = stop_on(shutdown);
     // NOTE: `Store::wait_until_ready` wakes only one of several waiters (the Controller is
     // one already), so cache sync is observed on the watch streams themselves.
     let (secrets_synced_tx, secrets_synced) = watch::channel(false);
@@ -110,19 +101,8 @@ pub async fn run(
         watch::channel(!ctx.policy.watches_namespaces());
     let (synced_tx, synced) = watch::channel(false);
 
-    let RoleCache {
-        store: role_store,
-        writer: role_writer,
-        synced_tx: roles_synced_tx,
-    } = roles;
-    let roles_synced = roles_synced_tx.subscribe();
-    let roles = role_events(
-        &ctx,
-        &opts,
-        role_store.clone(),
-        role_writer,
-        roles_synced_tx,
-    );
+    let (role_store, roles_synced) = (roles.store.clone(), roles.synced_tx.subscribe());
+    let roles = role_events(&ctx, &opts, roles);
     let (secret_store, secret_writer) = reflector::store();
     ctx.secrets
         .attach(secret_store.clone(), secrets_synced.clone());
@@ -135,73 +115,35 @@ pub async fn run(
     );
     let namespaces = namespace_events(&ctx, &opts, namespaces_synced_tx, namespaces_synced.clone());
 
-    let never_synced = {
-        let (mut stop, synced) = (stop.clone(), synced.clone());
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-            if !*synced.borrow() {
-                info!("shutdown before the watch caches synced: nothing is in flight");
-                return;
-            }
-            std::future::pending::<()>().await
-        }
-    };
-    let readiness = async move {
-        let (mut r, mut s, mut n) = (roles_synced, secrets_synced, namespaces_synced);
-        if r.wait_for(|v| *v).await.is_ok()
-            && s.wait_for(|v| *v).await.is_ok()
-            && n.wait_for(|v| *v).await.is_ok()
-        {
-            info!("watch caches synced");
-            ready.store(true, Ordering::SeqCst);
-            let _ = synced_tx.send(true);
-        }
-    };
+    let readiness = readiness(
+        [roles_synced, secrets_synced, namespaces_synced],
+        ready,
+        synced_tx,
+    );
     let janitor = janitor::run(
         ctx.clone(),
         role_store.clone(),
         secret_store,
-        synced,
+        synced.clone(),
         opts.janitor_interval,
     );
-    ctx.metrics
-        .set_leader(ctx.leader.changes().borrow().is_some());
-    let leader_metric = {
-        let (mut rx, metrics) = (ctx.leader.changes(), ctx.metrics.clone());
-        async move {
-            while rx.changed().await.is_ok() {
-                let leading = rx.borrow_and_update().is_some();
-                metrics.set_leader(leading);
-            }
-        }
-    };
+    let leader_metric = leader_metric(&ctx);
     // Every trigger names its AWSIAMRole by `cache::role_ref` (name and namespace only).
-    let every_role = {
-        let store = role_store.clone();
-        move |()| futures::stream::iter(roles_in(&store, |_| true))
-    };
     let mut controller = Controller::for_stream(roles, role_store.clone())
         .watches_stream(secrets, |secret| cache::owners(&secret));
     if let Some(namespaces) = namespaces {
-        controller = controller.watches_stream(namespaces, move |ns| {
-            let name = ns.name_any();
-            roles_in(&role_store, |r| {
-                r.namespace().as_deref() == Some(name.as_str())
-            })
-        });
+        controller = controller.watches_stream(namespaces, roles_in_namespace(role_store.clone()));
     }
     let controller = controller
-        .reconcile_on(reconcile_all(&ctx).flat_map(every_role))
+        .reconcile_on(reconcile_all(&ctx, role_store))
         .trigger_backoff(AlreadyBackedOff)
         .with_config(Config::default().concurrency(opts.concurrency))
-        .graceful_shutdown_on(graceful)
+        .graceful_shutdown_on(stopped(stop.clone()))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!(error = %other, "controller"),
-                }
+            match res {
+                Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(other) => warn!(error = %other, "controller"),
             }
         });
     let janitor = tokio::spawn(janitor);
@@ -209,12 +151,70 @@ pub async fn run(
     let leader_metric = tokio::spawn(leader_metric);
     tokio::select! {
         () = controller => {}
-        () = never_synced => {}
+        () = never_synced(stop, synced) => {}
     }
     janitor.abort();
     readiness.abort();
     leader_metric.abort();
     stop_signal.abort();
+}
+
+/// Turns `shutdown` into a signal every part of the loop can wait for.
+fn stop_on(
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    (task, stop)
+}
+
+/// Resolves once the stop signal is given.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Resolves at the stop signal if the watch caches never synced (nothing is in flight then);
+/// otherwise never: the controller's graceful shutdown ends the loop.
+async fn never_synced(stop: watch::Receiver<bool>, synced: watch::Receiver<bool>) {
+    stopped(stop).await;
+    if !*synced.borrow() {
+        info!("shutdown before the watch caches synced: nothing is in flight");
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Sets `ready` and sends `synced` once every watch cache (AWSIAMRoles, Secrets, Namespaces)
+/// holds its first list.
+async fn readiness(
+    caches: [watch::Receiver<bool>; 3],
+    ready: Arc<AtomicBool>,
+    synced: watch::Sender<bool>,
+) {
+    for mut cache in caches {
+        if cache.wait_for(|v| *v).await.is_err() {
+            return;
+        }
+    }
+    info!("watch caches synced");
+    ready.store(true, Ordering::SeqCst);
+    let _ = synced.send(true);
+}
+
+/// Keeps the leader gauge in step with the election's claim.
+fn leader_metric(ctx: &Context) -> impl Future<Output = ()> + Send + 'static {
+    ctx.metrics
+        .set_leader(ctx.leader.changes().borrow().is_some());
+    let (mut rx, metrics) = (ctx.leader.changes(), ctx.metrics.clone());
+    async move {
+        while rx.changed().await.is_ok() {
+            let leading = rx.borrow_and_update().is_some();
+            metrics.set_leader(leading);
+        }
+    }
 }
 
 /// The AWSIAMRoles' watch: fills the cache (trimmed, `cache::trim_role`) and passes on a role
@@ -223,14 +223,17 @@ pub async fn run(
 fn role_events(
     ctx: &Arc<Context>,
     opts: &RunOptions,
-    store: reflector::Store<AWSIAMRole>,
-    mut writer: reflector::store::Writer<AWSIAMRole>,
-    synced: watch::Sender<bool>,
+    cache: RoleCache,
 ) -> impl futures::Stream<Item = Result<AWSIAMRole, watcher::Error>> + Send + 'static {
     let api: Api<AWSIAMRole> = match &opts.namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let RoleCache {
+        store,
+        mut writer,
+        synced_tx: synced,
+    } = cache;
     let metrics = ctx.metrics.clone();
     let ctx = ctx.clone();
     watcher(api, watcher::Config::default())
@@ -361,10 +364,14 @@ fn namespace_events(
     )
 }
 
-/// When every AWSIAMRole is reconciled once: on becoming leader (no STS call for credentials
-/// still valid), on learning the base role ARN (bare role names become resolvable), and on
-/// learning the controller's own identity (roles waiting for it back off meanwhile).
-fn reconcile_all(ctx: &Context) -> impl futures::Stream<Item = ()> + Send + 'static {
+/// Every cached AWSIAMRole, each time all are reconciled once: on becoming leader (no STS call
+/// for credentials still valid), on learning the base role ARN (bare role names become
+/// resolvable), and on learning the controller's own identity (roles waiting for it back off
+/// meanwhile).
+fn reconcile_all(
+    ctx: &Context,
+    store: reflector::Store<AWSIAMRole>,
+) -> impl futures::Stream<Item = ObjectRef<AWSIAMRole>> + Send + 'static {
     let takeover =
         futures::stream::unfold((ctx.leader.changes(), false), |(mut rx, led)| async move {
             if led {
@@ -389,6 +396,17 @@ fn reconcile_all(ctx: &Context) -> impl futures::Stream<Item = ()> + Send + 'sta
         Some(((), rx))
     });
     futures::stream::select(futures::stream::select(takeover, discovered), identified)
+        .flat_map(move |()| futures::stream::iter(roles_in(&store, |_| true)))
+}
+
+/// The cached AWSIAMRoles in the namespace of a Namespace event.
+fn roles_in_namespace(
+    store: reflector::Store<AWSIAMRole>,
+) -> impl Fn(PartialObjectMeta<Namespace>) -> Vec<ObjectRef<AWSIAMRole>> + Send + Sync + 'static {
+    move |ns| {
+        let name = ns.name_any();
+        roles_in(&store, |r| r.namespace().as_deref() == Some(name.as_str()))
+    }
 }
 
 /// The cached AWSIAMRoles `which` selects, as [`cache::role_ref`]s.

@@ -1,11 +1,12 @@
 //! One reconcile of one AWSIAMRole: observe (the role, its Secret from the watch cache or read
 //! live, [`super::known`]), decide (pure, [`plan::decide`]), act (the STS call, the Secret, the
-//! status, the Event), requeue.
+//! status, the Event), requeue. When the Secret's write conflicts (it changed since it was
+//! observed), observe it again and decide again, once.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -16,6 +17,7 @@ use super::context::{Context, MANAGER, Transition};
 use super::key::RoleKey;
 use super::known::Observation;
 use super::plan::{self, Observed, Plan, Requeue, Resolution, Writes};
+use super::secret::Known;
 use super::status::Note;
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
 use crate::crd::AWSIAMRole;
@@ -67,45 +69,128 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     // And for the controller's own identity, briefly: at start it is usually learned in
     // moments, and a role judged before that would say it waits for it.
     ctx.policy.identity_known(ctx.settings.backoff_base).await;
-    // Observe: the Secret from the watch cache when its data is known, else read live.
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &role.namespace().unwrap_or_default());
+    let seen = observe(ctx, &secrets, role).await?;
+    let mut answers = Answers::default();
+    match attempt(ctx, role, &secrets, &seen, &mut answers).await? {
+        Acted::Done(action) => Ok(action),
+        // The Secret changed between observing and writing it: observe (live) and decide
+        // again, once; an STS answer in hand for the same request is used, not asked again.
+        Acted::Conflict(_) => {
+            info!("the secret changed meanwhile: observing it again");
+            let seen = read_live(ctx, &secrets, role).await?;
+            match attempt(ctx, role, &secrets, &seen, &mut answers).await? {
+                Acted::Done(action) => Ok(action),
+                Acted::Conflict(e) => {
+                    Err(secret_write_failed(ctx, role, seen.secret.as_ref(), e).await)
+                }
+            }
+        }
+    }
+}
+
+/// What a reconcile observed of the role's Secret.
+struct Seen {
+    secret: Option<Secret>,
+    /// The Secret's data as this process last wrote or read it (cached observations only).
+    known: Option<Known>,
+}
+
+/// Observes the Secret: from the watch cache when its data is known, else read live.
+async fn observe(ctx: &Context, secrets: &Api<Secret>, role: &AWSIAMRole) -> Result<Seen> {
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (existing, known) = match ctx.secrets.observe(&ns, &name) {
+    match ctx.secrets.observe(&ns, &name) {
         Observation::Cached { metadata, known } => {
             ctx.metrics.secret_observed("cache");
-            (Some(*metadata), Some(*known))
+            Ok(Seen {
+                secret: Some(*metadata),
+                known: Some(*known),
+            })
         }
-        Observation::ReadLive => {
-            ctx.metrics.secret_observed("api");
-            let live = secrets.get_opt(&name).await?;
-            ctx.secrets.record(&ns, &name, live.as_ref());
-            (live, None)
+        Observation::ReadLive => read_live(ctx, secrets, role).await,
+    }
+}
+
+/// Reads the Secret from the API server, and remembers what it read.
+async fn read_live(ctx: &Context, secrets: &Api<Secret>, role: &AWSIAMRole) -> Result<Seen> {
+    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+    ctx.metrics.secret_observed("api");
+    let live = secrets.get_opt(&name).await?;
+    ctx.secrets.record(&ns, &name, live.as_ref());
+    Ok(Seen {
+        secret: live,
+        known: None,
+    })
+}
+
+/// The STS answers this reconcile received, by request: deciding again after a conflict asks
+/// STS only for a request not answered yet.
+#[derive(Default)]
+struct Answers(
+    Vec<(
+        IssueRequest,
+        Result<IssuedCredentials, IssueError>,
+        DateTime<Utc>,
+    )>,
+);
+
+impl Answers {
+    /// The answer to `request` and when it arrived: the one in hand, else STS's; `None` when
+    /// this replica may not call STS (any more).
+    async fn ask(
+        &mut self,
+        ctx: &Context,
+        request: &IssueRequest,
+    ) -> Option<(Result<IssuedCredentials, IssueError>, DateTime<Utc>)> {
+        if let Some((_, answer, at)) = self.0.iter().find(|(r, _, _)| r == request) {
+            return Some((answer.clone(), *at));
         }
-    };
+        let answer = assume(ctx, request.clone()).await?;
+        let at = Utc::now();
+        self.0.push((request.clone(), answer.clone(), at));
+        Some((answer, at))
+    }
+}
+
+/// What came of carrying out a plan.
+enum Acted {
+    Done(Action),
+    /// The Secret's write conflicted (409): it changed since it was observed.
+    Conflict(kube::Error),
+}
+
+/// Decides from `seen` and carries the plan out: the STS call when the plan asks for one, its
+/// answer resolved by the plan (at most one capped retry: see `plan::Resolution::Chained`),
+/// then the writes.
+async fn attempt(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    secrets: &Api<Secret>,
+    seen: &Seen,
+    answers: &mut Answers,
+) -> Result<Acted> {
     let base = ctx.base_role_arn();
-    let key = RoleKey::of(role);
     let policy = ctx.policy.view(role);
     let obs = Observed {
         role,
-        secret: existing.as_ref(),
-        known: known.as_ref(),
+        secret: seen.secret.as_ref(),
+        known: seen.known.as_ref(),
         now: Utc::now(),
         settings: &ctx.settings,
         base_role_arn: base.as_ref(),
-        failures: ctx.backoff.failures(&key),
+        failures: ctx.backoff.failures(&RoleKey::of(role)),
         jitter: rand::random::<f64>(),
         policy: &policy,
         chained: ctx.learned.is_chained(),
     };
-    // Decide; the STS call, when the plan asks for one, and its answer resolved by the plan
-    // (at most one capped retry: see `plan::Resolution::Chained`).
     let writes = match plan::decide(&obs) {
         Plan::Write(writes) => writes,
         Plan::Issue(mut issue) => loop {
-            let Some(answer) = assume(ctx, issue.request.clone()).await else {
-                return Ok(Action::await_change());
+            let Some((answer, at)) = answers.ask(ctx, &issue.request).await else {
+                return Ok(Acted::Done(Action::await_change()));
             };
-            match plan::answer(&obs, &issue, answer, Utc::now()) {
+            match plan::answer(&obs, &issue, answer, at) {
                 Resolution::Writes(writes) => break writes,
                 Resolution::Chained(capped) => {
                     ctx.learned.mark_chained();
@@ -117,8 +202,7 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
             }
         },
     };
-    // Act.
-    act(ctx, role, &secrets, existing.as_ref(), writes).await
+    act(ctx, role, secrets, seen.secret.as_ref(), writes).await
 }
 
 /// Carries out the writes of a plan and turns its requeue into an `Action`.
@@ -128,7 +212,7 @@ async fn act(
     secrets: &Api<Secret>,
     existing: Option<&Secret>,
     writes: Writes,
-) -> Result<Action> {
+) -> Result<Acted> {
     let Writes {
         secret,
         status,
@@ -144,7 +228,7 @@ async fn act(
     let mut changed_meanwhile = false;
     if let Some(desired) = secret {
         if !ctx.may_write("secret") {
-            return Ok(Action::await_change());
+            return Ok(Acted::Done(Action::await_change()));
         }
         let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
         // Remembered, so that the watch event of this write triggers nothing and the next
@@ -152,14 +236,12 @@ async fn act(
         let write = ctx.secrets.begin_write(&ns, &name);
         let written = write_secret(secrets, existing, desired).await;
         changed_meanwhile = write.finish(written.as_ref().ok());
-        if let Err(e) = written {
-            let (reason, verb) = match existing {
-                Some(_) => ("UpdateSecretFailed", "Update"),
-                None => ("CreateSecretFailed", "Create"),
-            };
-            let message = format!("{verb} of Secret {ns}/{name} failed: {e}");
-            ctx.event(role, Note::warning(reason, message)).await;
-            return Err(e.into());
+        match written {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return Ok(Acted::Conflict(kube::Error::Api(status)));
+            }
+            Err(e) => return Err(secret_write_failed(ctx, role, existing, e).await),
         }
         match issued {
             Some(reason) => {
@@ -182,7 +264,13 @@ async fn act(
         }
         ctx.announce(role, note, transition).await;
     }
-    let key = RoleKey::of(role);
+    let action = next_action(ctx, &RoleKey::of(role), requeue, changed_meanwhile);
+    Ok(Acted::Done(action))
+}
+
+/// The plan's requeue as an `Action`, the object's backoff counted or reset; sooner when the
+/// Secret was changed by someone else right after this reconcile's write.
+fn next_action(ctx: &Context, key: &RoleKey, requeue: Requeue, changed_meanwhile: bool) -> Action {
     let soon = |delay: std::time::Duration| {
         if changed_meanwhile {
             delay.min(ctx.settings.backoff_base)
@@ -192,24 +280,41 @@ async fn act(
     };
     let action = match requeue {
         Requeue::After(delay) => {
-            ctx.backoff.reset(&key);
+            ctx.backoff.reset(key);
             Action::requeue(soon(delay))
         }
         Requeue::Backoff(delay) => {
-            ctx.backoff.fail(&key);
+            ctx.backoff.fail(key);
             Action::requeue(delay)
         }
         Requeue::AwaitChange if changed_meanwhile => {
-            ctx.backoff.reset(&key);
+            ctx.backoff.reset(key);
             Action::requeue(ctx.settings.backoff_base)
         }
         Requeue::AwaitChange => {
-            ctx.backoff.reset(&key);
+            ctx.backoff.reset(key);
             Action::await_change()
         }
     };
     ctx.metrics.set_backoff(ctx.backoff.len());
-    Ok(action)
+    action
+}
+
+/// A failed write of the Secret: a Warning Event, and the error (the object backs off).
+async fn secret_write_failed(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    existing: Option<&Secret>,
+    e: kube::Error,
+) -> Error {
+    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+    let (reason, verb) = match existing {
+        Some(_) => ("UpdateSecretFailed", "Update"),
+        None => ("CreateSecretFailed", "Create"),
+    };
+    let message = format!("{verb} of Secret {ns}/{name} failed: {e}");
+    ctx.event(role, Note::warning(reason, message)).await;
+    e.into()
 }
 
 /// One `AssumeRole` call, counted in the metrics (its span names the role, never a credential); `None` when this replica is not the leader

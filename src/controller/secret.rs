@@ -184,11 +184,31 @@ pub fn desired(
     meta.name = Some(role.name_any());
     meta.namespace = role.namespace();
     meta.managed_fields = None;
+    // Read before the annotations are brought up to date: the labels copied last time.
+    let copied_before = copied_labels(meta.annotations.as_ref());
+    meta.labels = Some(desired_labels(
+        meta.labels.take().unwrap_or_default(),
+        &copied_before,
+        role,
+    ));
+    let annotations =
+        desired_annotations(meta.annotations.take().unwrap_or_default(), role, content);
+    meta.annotations = (!annotations.is_empty()).then_some(annotations);
+    meta.owner_references = Some(owned_by(
+        meta.owner_references.take().unwrap_or_default(),
+        role,
+    ));
+    let data = secret.data.take().unwrap_or_default();
+    secret.data = Some(desired_data(data, role, role_arn, content));
+    if secret.type_.is_none() {
+        secret.type_ = Some("Opaque".into());
+    }
+    secret
+}
 
-    let role_labels = role.labels();
-    let copied_before: Vec<String> = meta
-        .annotations
-        .as_ref()
+/// The role's labels copied onto the Secret by the last write, as its annotation records them.
+fn copied_labels(annotations: Option<&BTreeMap<String, String>>) -> Vec<String> {
+    annotations
         .and_then(|a| a.get(COPIED_LABELS_ANNOTATION))
         .map(|v| {
             v.split(',')
@@ -196,8 +216,16 @@ pub fn desired(
                 .map(str::to_string)
                 .collect()
         })
-        .unwrap_or_default();
-    let mut labels = meta.labels.take().unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Our labels and the role's own, without the ones copied before that the role dropped since.
+fn desired_labels(
+    mut labels: BTreeMap<String, String>,
+    copied_before: &[String],
+    role: &AWSIAMRole,
+) -> BTreeMap<String, String> {
+    let role_labels = role.labels();
     for gone in copied_before
         .iter()
         .filter(|k| !role_labels.contains_key(*k))
@@ -205,10 +233,17 @@ pub fn desired(
         labels.remove(gone);
     }
     labels.extend(self::labels(role));
-    meta.labels = Some(labels);
+    labels
+}
 
-    let mut annotations = meta.annotations.take().unwrap_or_default();
-    let copied: Vec<&str> = role_labels.keys().map(String::as_str).collect();
+/// The copied labels' record, the issuance's (owner, request hash, time) when known, and the
+/// withdrawal mark.
+fn desired_annotations(
+    mut annotations: BTreeMap<String, String>,
+    role: &AWSIAMRole,
+    content: Content<'_>,
+) -> BTreeMap<String, String> {
+    let copied: Vec<&str> = role.labels().keys().map(String::as_str).collect();
     if copied.is_empty() {
         annotations.remove(COPIED_LABELS_ANNOTATION);
     } else {
@@ -232,12 +267,13 @@ pub fn desired(
         }
         Content::Unchanged => {}
     }
-    meta.annotations = (!annotations.is_empty()).then_some(annotations);
+    annotations
+}
 
-    let mut owners: Vec<OwnerReference> = meta
-        .owner_references
-        .take()
-        .unwrap_or_default()
+/// Others' owner references and one controller reference to this AWSIAMRole (earlier
+/// AWSIAMRoles of the same name are dropped).
+fn owned_by(owners: Vec<OwnerReference>, role: &AWSIAMRole) -> Vec<OwnerReference> {
+    let mut owners: Vec<OwnerReference> = owners
         .into_iter()
         .filter(|o| !is_role_reference(o))
         .collect();
@@ -248,10 +284,17 @@ pub fn desired(
         block_owner_deletion: Some(true),
         ..o
     }));
-    meta.owner_references = Some(owners);
+    owners
+}
 
+/// Others' keys and ours: the credentials in every format, or none of them.
+fn desired_data(
+    mut data: BTreeMap<String, ByteString>,
+    role: &AWSIAMRole,
+    role_arn: &str,
+    content: Content<'_>,
+) -> BTreeMap<String, ByteString> {
     let generation = role.meta().generation.unwrap_or_default();
-    let mut data = secret.data.take().unwrap_or_default();
     match content {
         Content::Credentials { creds, .. } => data.extend(render_data(creds, role_arn, generation)),
         Content::Withdrawn { .. } => {
@@ -265,11 +308,7 @@ pub fn desired(
         }
         Content::Unchanged => {}
     }
-    secret.data = Some(data);
-    if secret.type_.is_none() {
-        secret.type_ = Some("Opaque".into());
-    }
-    secret
+    data
 }
 
 /// A new Secret for `role` with these credentials, in the format the Go controller writes.
@@ -592,10 +631,71 @@ impl Known {
     }
 }
 
+/// What deciding needs to know of an observed Secret, read in one place: from the Secret in
+/// full, or from its metadata and the [`Known`] summary of its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub ownership: Ownership,
+    /// The credentials it holds, when readable.
+    pub stored: Option<Stored>,
+    /// The request its credentials were withdrawn for ([`withdrawn`]).
+    pub withdrawn: Option<Issuance>,
+    /// Any of the credential keys is present.
+    pub holds_credentials: bool,
+}
+
+/// The [`Facts`] of `secret` for `role`; `known` describes its data when it was observed
+/// without it.
+pub fn facts(secret: &Secret, known: Option<&Known>, role: &AWSIAMRole) -> Facts {
+    let ownership = ownership(secret, role);
+    match known {
+        Some(known) => Facts {
+            ownership,
+            stored: known.stored(secret),
+            withdrawn: withdrawn_given(secret, known.holds_json),
+            holds_credentials: known.holds_credentials,
+        },
+        None => Facts {
+            ownership,
+            stored: read(secret),
+            withdrawn: withdrawn(secret),
+            holds_credentials: holds_credentials(secret),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crd::AWSIAMRoleSpec;
+
+    #[test]
+    fn a_secret_read_in_full_and_one_known_at_its_version_give_the_same_facts() {
+        use crate::controller::fixtures::{role, stored_secret};
+        let r = role("app", "app", 1);
+        let full = stored_secret(&r, std::time::Duration::from_secs(600));
+        let known = Known::of(&full).expect("summarised");
+        let metadata = Secret {
+            metadata: full.metadata.clone(),
+            ..Secret::default()
+        };
+        let read = facts(&full, None, &r);
+        let cached = facts(&metadata, Some(&known), &r);
+        assert_eq!(read.ownership, Ownership::Owned);
+        assert!(read.holds_credentials && read.withdrawn.is_none());
+        let without_credentials = Facts {
+            stored: read.stored.clone().map(|s| Stored {
+                credentials: None,
+                ..s
+            }),
+            ..read.clone()
+        };
+        assert_eq!(
+            cached, without_credentials,
+            "the summary keeps no credentials"
+        );
+        assert!(read.stored.is_some_and(|s| s.credentials.is_some()));
+    }
 
     fn creds() -> IssuedCredentials {
         IssuedCredentials {

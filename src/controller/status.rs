@@ -3,7 +3,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::aws::options::SessionLength;
-use crate::crd::{AWSIAMRoleSpec, AWSIAMRoleStatus, Condition};
+use kube::Resource;
+
+use crate::crd::{AWSIAMRole, AWSIAMRoleSpec, AWSIAMRoleStatus, Condition};
 
 /// What the reconcile found, as far as status is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +153,38 @@ pub fn ready_message(role_arn: &str, expiration: DateTime<Utc>, session: Session
         ));
     }
     message
+}
+
+/// What writing an outcome onto an object's status takes, judged against the status it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatusWrite {
+    /// The status already says it.
+    Unchanged,
+    /// The object moved on to a newer generation, or its status speaks of one ([`may_write`]):
+    /// not this outcome's to write.
+    Stale,
+    /// This merge patch ([`merge_patch`]); `transition` when the Ready condition's status or
+    /// reason changes ([`is_transition`]): only then do Events sent on transition go out.
+    Patch {
+        patch: serde_json::Value,
+        transition: bool,
+    },
+}
+
+/// Judges the status write of `outcome` onto `object` (its status, generation and binding).
+pub fn write(object: &AWSIAMRole, outcome: &Outcome, now: DateTime<Utc>) -> StatusWrite {
+    let current = object.status.as_ref();
+    let next = with_binding(next(current, outcome, now), &object.spec);
+    if current == Some(&next) {
+        return StatusWrite::Unchanged;
+    }
+    if !may_write(object.meta().generation, current, outcome.generation()) {
+        return StatusWrite::Stale;
+    }
+    StatusWrite::Patch {
+        patch: merge_patch(current, &next),
+        transition: is_transition(current, &next),
+    }
 }
 
 /// Builds the status for `outcome`, keeping `lastTransitionTime` while the condition's status
@@ -351,6 +385,37 @@ mod tests {
             message: "ok".into(),
             would_deny: None,
         }
+    }
+
+    #[test]
+    fn a_status_write_is_judged_unchanged_stale_or_a_patch_that_may_be_a_transition() {
+        let now = at("2026-11-26T12:00:00Z");
+        let outcome = ready("2026-11-26T13:00:00Z");
+        let mut role = crate::controller::fixtures::role("app", "app", 2);
+        let StatusWrite::Patch { patch, transition } = write(&role, &outcome, now) else {
+            panic!("a first status is written");
+        };
+        assert!(transition, "no condition before: a transition");
+        assert_eq!(patch["conditions"][0]["status"], "True");
+        role.status = Some(next(None, &outcome, now));
+        assert_eq!(write(&role, &outcome, now), StatusWrite::Unchanged);
+        let renewed = ready("2026-11-26T14:00:00Z");
+        assert!(
+            matches!(
+                write(&role, &renewed, now),
+                StatusWrite::Patch {
+                    transition: false,
+                    ..
+                }
+            ),
+            "a new expiry is no transition"
+        );
+        role.metadata.generation = Some(3);
+        assert_eq!(
+            write(&role, &renewed, now),
+            StatusWrite::Stale,
+            "the object moved on to a newer generation"
+        );
     }
 
     #[test]

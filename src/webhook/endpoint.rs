@@ -200,51 +200,10 @@ pub fn mutate(pod: &Pod, injection: &Injection, image: &str) -> Mutation {
     let mut warnings = Vec::new();
     let mut out = pod.clone();
     let spec = out.spec.get_or_insert_with(Default::default);
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    let by_secret = volumes.iter().find(|v| {
-        v.secret
-            .as_ref()
-            .and_then(|s| s.secret_name.as_deref())
-            .is_some_and(|s| s == injection.role)
-    });
-    let secret_volume = match by_secret {
-        Some(v) => v.name.clone(),
-        None if volumes.iter().any(|v| v.name == mutate::VOLUME_NAME) => {
-            return refused(format!(
-                "volume {} exists and is not the Secret {}: the credentials sidecar is not injected",
-                mutate::VOLUME_NAME,
-                injection.role
-            ));
-        }
-        None => {
-            volumes.push(Volume {
-                name: mutate::VOLUME_NAME.into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(injection.role.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mutate::VOLUME_NAME.to_string()
-        }
+    let secret_volume = match add_volumes(spec.volumes.get_or_insert_with(Vec::new), injection) {
+        Ok(name) => name,
+        Err(refusal) => return refused(refusal),
     };
-    match volumes.iter().find(|v| v.name == TOKEN_VOLUME) {
-        Some(v) if v.empty_dir.is_none() => {
-            return refused(format!(
-                "volume {TOKEN_VOLUME} exists and is not an emptyDir: the credentials sidecar is not injected"
-            ));
-        }
-        Some(_) => {}
-        None => volumes.push(Volume {
-            name: TOKEN_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(quantity("1Mi")),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
     if spec.host_network == Some(true) {
         warnings.push(format!(
             "hostNetwork pod: 127.0.0.1:{} is the node's loopback, shared with every hostNetwork pod on the node; only one of them can serve there",
@@ -268,31 +227,84 @@ pub fn mutate(pod: &Pod, injection: &Injection, image: &str) -> Mutation {
     let after = serde_json::to_value(&out).unwrap_or_default();
     let mut patch = json_patch::diff(&before, &after);
     if !has_sidecar {
-        // Added last, to index 0: the diff's paths name the init containers as they were.
-        let sidecar = serde_json::to_value(sidecar(image, &secret_volume)).unwrap_or_default();
-        let had_inits = pod
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.init_containers.is_some());
-        let (path, value) = if had_inits {
-            ("/spec/initContainers/0", sidecar)
-        } else {
-            (
-                "/spec/initContainers",
-                serde_json::Value::Array(vec![sidecar]),
-            )
-        };
-        patch
-            .0
-            .push(json_patch::PatchOperation::Add(json_patch::AddOperation {
-                path: json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default(),
-                value,
-            }));
+        patch.0.push(add_sidecar(pod, image, &secret_volume));
     }
     Mutation {
         patch,
         warnings: mutate::bounded(warnings),
     }
+}
+
+/// Adds the Secret volume (unless one already mounts the role's Secret) and the token volume;
+/// returns the Secret volume's name, or why the pod is left unchanged (a volume name taken).
+fn add_volumes(volumes: &mut Vec<Volume>, injection: &Injection) -> Result<String, String> {
+    let by_secret = volumes.iter().find(|v| {
+        v.secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            .is_some_and(|s| s == injection.role)
+    });
+    let secret_volume = match by_secret {
+        Some(v) => v.name.clone(),
+        None if volumes.iter().any(|v| v.name == mutate::VOLUME_NAME) => {
+            return Err(format!(
+                "volume {} exists and is not the Secret {}: the credentials sidecar is not injected",
+                mutate::VOLUME_NAME,
+                injection.role
+            ));
+        }
+        None => {
+            volumes.push(Volume {
+                name: mutate::VOLUME_NAME.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(injection.role.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mutate::VOLUME_NAME.to_string()
+        }
+    };
+    match volumes.iter().find(|v| v.name == TOKEN_VOLUME) {
+        Some(v) if v.empty_dir.is_none() => {
+            return Err(format!(
+                "volume {TOKEN_VOLUME} exists and is not an emptyDir: the credentials sidecar is not injected"
+            ));
+        }
+        Some(_) => {}
+        None => volumes.push(Volume {
+            name: TOKEN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(quantity("1Mi")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+    Ok(secret_volume)
+}
+
+/// The operation that adds the sidecar as the first init container of `pod` (as it came).
+/// Added after the diff, to index 0: the diff's paths name the init containers as they were.
+fn add_sidecar(pod: &Pod, image: &str, secret_volume: &str) -> json_patch::PatchOperation {
+    let sidecar = serde_json::to_value(sidecar(image, secret_volume)).unwrap_or_default();
+    let had_inits = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.init_containers.is_some());
+    let (path, value) = if had_inits {
+        ("/spec/initContainers/0", sidecar)
+    } else {
+        (
+            "/spec/initContainers",
+            serde_json::Value::Array(vec![sidecar]),
+        )
+    };
+    json_patch::PatchOperation::Add(json_patch::AddOperation {
+        path: json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default(),
+        value,
+    })
 }
 
 fn refused(warning: String) -> Mutation {

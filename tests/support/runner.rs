@@ -2,6 +2,7 @@
 //! binary assembles it.
 
 use super::*;
+use kube_aws_iam_controller::aws::BaseRoleArn;
 
 /// Settings for tests: the production defaults with short backoffs.
 pub fn test_settings() -> Settings {
@@ -14,15 +15,96 @@ pub fn test_settings() -> Settings {
     }
 }
 
-/// The controller running in-process, scoped to one namespace.
-pub struct Running {
+/// The controller running in-process, scoped to one namespace: built by
+/// [`Controller::builder`], stopped by [`Controller::stop`].
+pub struct Controller {
     pub ctx: Arc<Context>,
     pub ready: Arc<AtomicBool>,
     stop: Option<Shutdown>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Running {
+/// What to run: by default [`test_settings`], the default `--namespace-policy=enforce` (test
+/// namespaces permit every role, see [`Env::namespace`]) with no identity of its own to protect,
+/// and [`BASE_ROLE_ARN`] as the base role ARN.
+pub struct ControllerBuilder {
+    client: Client,
+    ns: String,
+    issuer: Arc<dyn CredentialIssuer>,
+    settings: Settings,
+    policy: PolicyContext,
+    base: Option<BaseRoleArn>,
+}
+
+impl ControllerBuilder {
+    pub fn settings(self, settings: Settings) -> Self {
+        ControllerBuilder { settings, ..self }
+    }
+
+    /// This namespace role policy instead of the default.
+    pub fn policy(self, policy: PolicyContext) -> Self {
+        ControllerBuilder { policy, ..self }
+    }
+
+    /// No base role ARN (`--base-role-arn` absent and nothing discovered): bare role names
+    /// cannot be resolved.
+    pub fn without_base_role_arn(self) -> Self {
+        ControllerBuilder { base: None, ..self }
+    }
+
+    /// Starts the controller with the same assembly as the binary's (`runtime::run`), without
+    /// admin server and election.
+    pub async fn start(self) -> Controller {
+        let process = Process::start(ProcessSettings::default(), Arc::new(Metrics::new()))
+            .await
+            .expect("process");
+        let shutdown = Shutdown::default();
+        let running = process
+            .launch(
+                Parts {
+                    client: self.client,
+                    issuer: self.issuer,
+                    settings: self.settings,
+                    run: RunOptions {
+                        namespace: Some(self.ns),
+                        concurrency: 4,
+                        janitor_interval: Duration::from_millis(500),
+                    },
+                    policy: self.policy,
+                    learned: Arc::new(controller::learned::Learned::new(self.base, false)),
+                    instance: "test".into(),
+                    webhook: None,
+                },
+                shutdown.clone(),
+            )
+            .await
+            .expect("launch");
+        Controller {
+            ctx: running.ctx.clone(),
+            ready: running.ready.clone(),
+            stop: Some(shutdown),
+            task: Some(running.into_task()),
+        }
+    }
+}
+
+impl Controller {
+    /// The controller in namespace `ns`, calling `issuer` for credentials.
+    pub fn builder(
+        client: &Client,
+        ns: &str,
+        issuer: Arc<dyn CredentialIssuer>,
+    ) -> ControllerBuilder {
+        ControllerBuilder {
+            client: client.clone(),
+            ns: ns.to_string(),
+            issuer,
+            settings: test_settings(),
+            policy: PolicyContext::new(PolicyMode::Enforce, None, Some(Guard::default())),
+            base: Some(BASE_ROLE_ARN.parse().expect("base")),
+        }
+    }
+
     /// True when the controller's task has ended (it must run until stopped).
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(|t| t.is_finished())
@@ -51,89 +133,10 @@ pub async fn join_controller(task: tokio::task::JoinHandle<()>, limit: Duration)
     }
 }
 
-impl Drop for Running {
+impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-/// The controller in-process under the default `--namespace-policy=enforce` (test namespaces
-/// permit every role, see [`Env::namespace`]), with no identity of its own to protect.
-pub async fn run_controller(
-    client: &Client,
-    ns: &str,
-    issuer: Arc<dyn CredentialIssuer>,
-    settings: Settings,
-) -> Running {
-    let policy = PolicyContext::new(PolicyMode::Enforce, None, Some(Guard::default()));
-    run_controller_with_policy(client, ns, issuer, settings, policy).await
-}
-
-/// [`run_controller`] that knows no base role ARN (`--base-role-arn` absent and nothing
-/// discovered): bare role names cannot be resolved.
-pub async fn run_controller_without_base(
-    client: &Client,
-    ns: &str,
-    issuer: Arc<dyn CredentialIssuer>,
-    settings: Settings,
-) -> Running {
-    let policy = PolicyContext::new(PolicyMode::Enforce, None, Some(Guard::default()));
-    let learned = controller::learned::Learned::new(None, false);
-    start_controller(client, ns, issuer, settings, policy, learned).await
-}
-
-/// [`run_controller`] with this namespace role policy.
-pub async fn run_controller_with_policy(
-    client: &Client,
-    ns: &str,
-    issuer: Arc<dyn CredentialIssuer>,
-    settings: Settings,
-    policy: PolicyContext,
-) -> Running {
-    let learned =
-        controller::learned::Learned::new(Some(BASE_ROLE_ARN.parse().expect("base")), false);
-    start_controller(client, ns, issuer, settings, policy, learned).await
-}
-
-pub async fn start_controller(
-    client: &Client,
-    ns: &str,
-    issuer: Arc<dyn CredentialIssuer>,
-    settings: Settings,
-    policy: PolicyContext,
-    learned: controller::learned::Learned,
-) -> Running {
-    // The same assembly as the binary's (`runtime::run`), without admin server and election.
-    let process = Process::start(ProcessSettings::default(), Arc::new(Metrics::new()))
-        .await
-        .expect("process");
-    let shutdown = Shutdown::default();
-    let running = process
-        .launch(
-            Parts {
-                client: client.clone(),
-                issuer,
-                settings,
-                run: RunOptions {
-                    namespace: Some(ns.to_string()),
-                    concurrency: 4,
-                    janitor_interval: Duration::from_millis(500),
-                },
-                policy,
-                learned: Arc::new(learned),
-                instance: "test".into(),
-                webhook: None,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .expect("launch");
-    Running {
-        ctx: running.ctx.clone(),
-        ready: running.ready.clone(),
-        stop: Some(shutdown),
-        task: Some(running.into_task()),
     }
 }

@@ -56,19 +56,7 @@ pub fn resolve(
         Err(e) => return failed(obs, issue, &e, now),
     };
     if creds.expiration <= now {
-        let message = format!(
-            "AssumeRole {arn} returned credentials that expire at {}, which is not in the future (is the controller's clock ahead?)",
-            secret::go_rfc3339(&creds.expiration)
-        );
-        return Writes {
-            status: Some(Outcome::NotReady {
-                reason: "ExpiredOnArrival",
-                message: message.clone(),
-                generation,
-            }),
-            events: vec![Note::warning("ExpiredOnArrival", message)],
-            ..Writes::nothing(Requeue::Backoff(backoff(obs)))
-        };
+        return expired_on_arrival(obs, arn, &creds);
     }
     let issuance = Issuance {
         owner_uid: role.meta().uid.clone().unwrap_or_default(),
@@ -84,11 +72,56 @@ pub fn resolve(
             issuance: Some(&issuance),
         },
     );
+    let (event, requeue) = announce_and_requeue(obs, arn, &creds, now);
+    let would_deny = issue.would_deny.as_ref();
+    Writes {
+        secret: Some(desired),
+        status: Some(ready(
+            arn,
+            creds.expiration,
+            generation,
+            issue.length,
+            would_deny,
+        )),
+        events: would_deny_note(obs, would_deny)
+            .into_iter()
+            .chain([event])
+            .collect(),
+        requeue,
+        issued: Some(issue.reason),
+        policy: Some(policy_state(would_deny)),
+    }
+}
+
+/// Credentials that expired before they arrived: not written; not ready, with backoff.
+fn expired_on_arrival(obs: &Observed<'_>, arn: &str, creds: &IssuedCredentials) -> Writes {
+    let message = format!(
+        "AssumeRole {arn} returned credentials that expire at {}, which is not in the future (is the controller's clock ahead?)",
+        secret::go_rfc3339(&creds.expiration)
+    );
+    Writes {
+        status: Some(Outcome::NotReady {
+            reason: "ExpiredOnArrival",
+            message: message.clone(),
+            generation: generation(obs.role),
+        }),
+        events: vec![Note::warning("ExpiredOnArrival", message)],
+        ..Writes::nothing(Requeue::Backoff(backoff(obs)))
+    }
+}
+
+/// The Event that announces fresh credentials and when to renew them: at the refresh point,
+/// or with backoff (and a warning) when they arrived already inside the refresh window.
+fn announce_and_requeue(
+    obs: &Observed<'_>,
+    arn: &str,
+    creds: &IssuedCredentials,
+    now: DateTime<Utc>,
+) -> (Note, Requeue) {
     let expiry = secret::go_rfc3339(&creds.expiration);
     let refresh = refresh_at(now, creds.expiration, obs.settings.refresh_limit);
     let floor = obs.settings.backoff_base;
-    let (event, requeue) = if refresh - now < chrono::Duration::from_std(floor).unwrap_or_default()
-    {
+    if refresh - now < chrono::Duration::from_std(floor).unwrap_or_default() {
         // Arrived already inside the refresh window: renewing at once would loop.
         let lifetime = (creds.expiration - now).num_seconds();
         (
@@ -115,24 +148,6 @@ pub fn resolve(
             },
             Requeue::After(requeue_after(refresh, now, obs.jitter, floor)),
         )
-    };
-    let would_deny = issue.would_deny.as_ref();
-    Writes {
-        secret: Some(desired),
-        status: Some(ready(
-            arn,
-            creds.expiration,
-            generation,
-            issue.length,
-            would_deny,
-        )),
-        events: would_deny_note(obs, would_deny)
-            .into_iter()
-            .chain([event])
-            .collect(),
-        requeue,
-        issued: Some(issue.reason),
-        policy: Some(policy_state(would_deny)),
     }
 }
 

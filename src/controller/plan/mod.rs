@@ -2,7 +2,7 @@
 //! in ([`Observed`], the namespace policy's inputs included), the whole plan out ([`Plan`]): the
 //! STS request or none, and then ([`answer`]) the Secret to create or merge-patch, the status
 //! outcome, the Events and the requeue. The status patch itself is computed against the object
-//! it is written to (`status::next`, in `Context::write_status`), since a conflict re-reads it.
+//! it is written to (`status::write`, in `Context::write_status`), since a conflict re-reads it.
 
 use std::time::Duration;
 
@@ -14,11 +14,13 @@ use sha2::{Digest, Sha256};
 use super::backoff;
 use super::context::Settings;
 use super::policy::{Judgement, PolicyView};
-use super::secret::{self, Content, Issuance, Known, Ownership, Stored};
+use super::secret::{self, Content, Facts, Issuance, Known, Ownership, Stored};
 use super::status::{self, Announce, Note, Outcome, Severity};
 use crate::aws::arn::{self, BaseRoleArn};
 use crate::aws::options::{self, SessionLength};
-use crate::aws::{FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions};
+use crate::aws::{
+    FailureKind, IssueError, IssueRequest, IssuedCredentials, RequestOptions, RoleArn,
+};
 use crate::crd::AWSIAMRole;
 use crate::metrics::PolicyState;
 use crate::policy::{Denial, Verdict};
@@ -185,12 +187,13 @@ fn not_ready(obs: &Observed<'_>, reason: &'static str, message: String, requeue:
 
 /// The namespace role policy refuses the role: no STS call, credentials already in the Secret
 /// withdrawn, status and a Warning Event say why.
-fn deny(obs: &Observed<'_>, role_arn: &str, denial: Denial) -> Plan {
+fn deny(obs: &Observed<'_>, facts: Option<&Facts>, role_arn: &str, denial: Denial) -> Plan {
     let mut message = denial.message;
     if obs.secret.is_some() {
         message.push_str("; the Secret holds no credentials");
     }
-    let secret = obs.secret.filter(|_| holds_credentials(obs)).map(|s| {
+    let holds_credentials = facts.is_some_and(|f| f.holds_credentials);
+    let secret = obs.secret.filter(|_| holds_credentials).map(|s| {
         secret::desired(
             Some(s),
             obs.role,
@@ -227,30 +230,6 @@ fn policy_state(would_deny: Option<&Denial>) -> PolicyState {
     match would_deny {
         Some(_) => PolicyState::WouldDeny,
         None => PolicyState::Permitted,
-    }
-}
-
-/// The credentials in the observed Secret, from its data or from what is known of it.
-fn stored(obs: &Observed<'_>) -> Option<Stored> {
-    match obs.known {
-        Some(known) => obs.secret.and_then(|metadata| known.stored(metadata)),
-        None => obs.secret.and_then(secret::read),
-    }
-}
-
-fn holds_credentials(obs: &Observed<'_>) -> bool {
-    match obs.known {
-        Some(known) => known.holds_credentials,
-        None => obs.secret.is_some_and(secret::holds_credentials),
-    }
-}
-
-/// The request the observed Secret's credentials were withdrawn for, if they were.
-fn withdrawn(obs: &Observed<'_>) -> Option<Issuance> {
-    let secret = obs.secret?;
-    match obs.known {
-        Some(known) => secret::withdrawn_given(secret, known.holds_json),
-        None => secret::withdrawn(secret),
     }
 }
 
@@ -301,8 +280,9 @@ fn judge(obs: &Observed<'_>, stored: &Stored, role_arn: &str, hash: &str) -> Opt
 
 /// Decides the whole reconcile from what was observed.
 pub fn decide(obs: &Observed<'_>) -> Plan {
-    match ask(obs) {
-        Ok(asked) => keep_or_issue(obs, asked),
+    let facts = obs.secret.map(|s| secret::facts(s, obs.known, obs.role));
+    match ask(obs, facts.as_ref()) {
+        Ok(asked) => keep_or_issue(obs, facts, asked),
         Err(plan) => *plan,
     }
 }
@@ -320,7 +300,7 @@ struct Asked {
 
 /// The request the role makes, or the plan when it cannot be asked (an invalid spec, a
 /// foreign Secret, a bad reference, a refusal, an unknown identity or Namespace).
-fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
+fn ask(obs: &Observed<'_>, facts: Option<&Facts>) -> Result<Asked, Box<Plan>> {
     let role = obs.role;
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     if let Some(problem) = &role.spec.invalid {
@@ -331,10 +311,7 @@ fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
             Requeue::AwaitChange,
         )));
     }
-    if obs
-        .secret
-        .is_some_and(|s| secret::ownership(s, role) == Ownership::Foreign)
-    {
+    if facts.is_some_and(|f| f.ownership == Ownership::Foreign) {
         return Err(Box::new(not_ready(
             obs,
             "SecretConflict",
@@ -355,28 +332,7 @@ fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
             )));
         }
     };
-    let would_deny = match obs.policy.judge(&arn, obs.base_role_arn) {
-        Judgement::IdentityUnknown => {
-            return Err(Box::new(not_ready(
-                obs,
-                IDENTITY_UNKNOWN,
-                "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
-                Requeue::Backoff(backoff(obs)),
-            )));
-        }
-        Judgement::NamespaceUnknown(_) => {
-            return Err(Box::new(Plan::Write(Writes::nothing(Requeue::After(
-                obs.settings
-                    .backoff_base
-                    .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
-            )))));
-        }
-        Judgement::Verdict(Verdict::Denied(denial)) => {
-            return Err(Box::new(deny(obs, &arn.to_string(), denial)));
-        }
-        Judgement::Verdict(Verdict::WouldDeny(denial)) => Some(denial),
-        Judgement::Verdict(Verdict::Permitted) => None,
-    };
+    let would_deny = verdict(obs, facts, &arn)?;
     let sts_options = &obs.settings.sts_options;
     let options = match sts_options.request(
         &ns,
@@ -413,9 +369,38 @@ fn ask(obs: &Observed<'_>) -> Result<Asked, Box<Plan>> {
     })
 }
 
+/// The namespace role policy's verdict on `arn`: what `enforce` would deny under `audit`, or the
+/// plan when the role is refused or cannot be judged yet.
+fn verdict(
+    obs: &Observed<'_>,
+    facts: Option<&Facts>,
+    arn: &RoleArn,
+) -> Result<Option<Denial>, Box<Plan>> {
+    match obs.policy.judge(arn, obs.base_role_arn) {
+        Judgement::IdentityUnknown => Err(Box::new(not_ready(
+            obs,
+            IDENTITY_UNKNOWN,
+            "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
+            Requeue::Backoff(backoff(obs)),
+        ))),
+        Judgement::NamespaceUnknown(_) => Err(Box::new(Plan::Write(Writes::nothing(
+            Requeue::After(
+                obs.settings
+                    .backoff_base
+                    .mul_f64(1.0 + obs.jitter.clamp(0.0, 1.0)),
+            ),
+        )))),
+        Judgement::Verdict(Verdict::Denied(denial)) => {
+            Err(Box::new(deny(obs, facts, &arn.to_string(), denial)))
+        }
+        Judgement::Verdict(Verdict::WouldDeny(denial)) => Ok(Some(denial)),
+        Judgement::Verdict(Verdict::Permitted) => Ok(None),
+    }
+}
+
 /// Keeps the stored credentials while they are the ones asked for and outside the refresh
 /// window (repairing the Secret's metadata if needed), or plans the STS call.
-fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
+fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Plan {
     let Asked {
         request,
         role_arn,
@@ -424,19 +409,9 @@ fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
         would_deny,
     } = asked;
     let role = obs.role;
-    let stored = stored(obs);
-    // Credentials withdrawn after STS refused this very request: asked again only after the
-    // slow requeue, not on the watch event of the withdrawal itself.
-    if let Some(w) = withdrawn(obs) {
-        let uid = role.meta().uid.as_deref().unwrap_or_default();
-        let retry_at = w.issued_at
-            + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
-        if w.owner_uid == uid && w.request_hash == request_hash && obs.now < retry_at {
-            let wait = (retry_at - obs.now).to_std().unwrap_or_default();
-            return Plan::Write(Writes::nothing(Requeue::After(
-                wait.max(obs.settings.backoff_base),
-            )));
-        }
+    let (stored, withdrawn) = facts.map_or((None, None), |f| (f.stored, f.withdrawn));
+    if let Some(wait) = refused_lately(obs, withdrawn.as_ref(), &request_hash) {
+        return Plan::Write(Writes::nothing(Requeue::After(wait)));
     }
     let reason = match &stored {
         None if obs.secret.is_some() => Some(IssueReason::Unreadable),
@@ -496,6 +471,25 @@ fn keep_or_issue(obs: &Observed<'_>, asked: Asked) -> Plan {
         issued: None,
         policy: Some(policy_state(would_deny.as_ref())),
     })
+}
+
+/// How long to wait when the credentials were withdrawn after STS refused this very request:
+/// it is asked again only after the slow requeue, not on the watch event of the withdrawal
+/// itself.
+fn refused_lately(
+    obs: &Observed<'_>,
+    withdrawn: Option<&Issuance>,
+    request_hash: &str,
+) -> Option<Duration> {
+    let w = withdrawn?;
+    let uid = obs.role.meta().uid.as_deref().unwrap_or_default();
+    let retry_at = w.issued_at
+        + chrono::Duration::from_std(slow_requeue(obs.settings, 0.0)).unwrap_or_default();
+    if w.owner_uid == uid && w.request_hash == request_hash && obs.now < retry_at {
+        let wait = (retry_at - obs.now).to_std().unwrap_or_default();
+        return Some(wait.max(obs.settings.backoff_base));
+    }
+    None
 }
 
 #[cfg(test)]
