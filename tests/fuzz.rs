@@ -1,7 +1,8 @@
 //! Fuzzing of every parser that reads what others write (issue 24), with proptest inside
 //! `cargo test`: ARNs and role references, the namespace policy annotations, the lenient
 //! AWSIAMRole spec, the Secrets (data, annotations, the packed metadata cache), the webhook's
-//! AdmissionReview and `mutate`, and the `--credentials-file` reader.
+//! AdmissionReview and `mutate`, the `--credentials-file` reader, and the `serve-credentials`
+//! sidecar's request handling.
 //!
 //! Each target replays its committed corpus (`tests/fuzz/corpus/<target>/`, one input a file)
 //! and the failures proptest recorded (`tests/fuzz/regressions/<target>.txt`), then tries
@@ -1423,4 +1424,113 @@ fn fuzz_credentials_file_reader_run() {
             }
         },
     );
+}
+
+// serve-credentials: the sidecar's request handling
+
+/// The pod's token in the serve-credentials target.
+const POD_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// One request to the sidecar: the Authorization header (first line; none when the line is
+/// `-`) and the mounted `credentials.json` (the rest).
+fn serve_input() -> impl Strategy<Value = Vec<u8>> {
+    let header = prop_oneof![
+        3 => Just(POD_TOKEN.to_string()),
+        1 => Just("-".to_string()),
+        1 => Just(String::new()),
+        1 => Just(format!("Bearer {POD_TOKEN}")),
+        1 => Just(POD_TOKEN[..POD_TOKEN.len() - 1].to_string()),
+        2 => "[ -~]{0,80}",
+    ];
+    let file = prop_oneof![
+        5 => file_json(),
+        4 => mutated(corpus("credentials-file")),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    (header, file).prop_map(|(h, f)| {
+        let mut input = bytes(h);
+        input.push(b'\n');
+        input.extend(f);
+        input
+    })
+}
+
+#[test]
+fn fuzz_serve_credentials_requests() {
+    on_a_large_stack(fuzz_serve_credentials_requests_run);
+}
+
+/// Whatever the header and the mounted file, the sidecar answers: 401 without a header, 403
+/// with anything but the pod's token, else 200 with credentials valid beyond the margin or
+/// 503; no answer and no error quotes the secret or the token.
+fn fuzz_serve_credentials_requests_run() {
+    use std::sync::Arc;
+    use tower::ServiceExt;
+    static STATS: Stats = Stats::new();
+    let dir = tempfile::tempdir().expect("tmp");
+    let margin = Duration::from_secs(5);
+    let endpoint = Arc::new(kube_aws_iam_controller::serve::Endpoint::new(
+        dir.path().to_path_buf(),
+        POD_TOKEN.to_string(),
+        margin,
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    fuzz("serve-credentials", &STATS, serve_input(), |input| {
+        let (header, file) = match input.iter().position(|b| *b == b'\n') {
+            Some(i) => (&input[..i], &input[i + 1..]),
+            None => (input, &[][..]),
+        };
+        std::fs::write(dir.path().join("credentials.json"), file).expect("write");
+        let mut request = http::Request::get(kube_aws_iam_controller::serve::CREDENTIALS_PATH);
+        if header != b"-" {
+            match http::HeaderValue::from_bytes(header) {
+                Ok(v) => request = request.header(http::header::AUTHORIZATION, v),
+                // Not a header value: no client can send it.
+                Err(_) => return,
+            }
+        }
+        let router = kube_aws_iam_controller::serve::router(Arc::clone(&endpoint));
+        let request = request.body(axum::body::Body::empty()).expect("request");
+        let (status, body) = runtime.block_on(async {
+            let response = router.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            (status, String::from_utf8_lossy(&body).into_owned())
+        });
+        match status.as_u16() {
+            401 => assert_eq!(header, b"-", "401 only without a header"),
+            403 => assert_ne!(header, POD_TOKEN.as_bytes(), "the pod's token refused"),
+            200 => {
+                assert_eq!(
+                    header,
+                    POD_TOKEN.as_bytes(),
+                    "served without the pod's token"
+                );
+                let served: Value = serde_json::from_str(&body).expect("served JSON");
+                let expiration = served["Expiration"].as_str().expect("Expiration");
+                let expiration: DateTime<Utc> = expiration.parse().expect("RFC 3339");
+                assert!(
+                    expiration > Utc::now() + chrono::Duration::from_std(margin).expect("margin"),
+                    "served credentials that expire at {expiration}"
+                );
+            }
+            503 => {
+                assert_eq!(header, POD_TOKEN.as_bytes(), "503 only after the token");
+                assert!(!body.contains(SECRET), "an error quotes the secret: {body}");
+                assert!(
+                    !body.contains("EXAMPLEKEY"),
+                    "an error quotes part of the secret: {body}"
+                );
+            }
+            other => panic!("status {other}: {body}"),
+        }
+        assert!(
+            !body.contains(POD_TOKEN),
+            "an answer quotes the token: {body}"
+        );
+    });
 }
