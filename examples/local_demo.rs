@@ -66,14 +66,7 @@ async fn node_demo() {
         "==> starting a real node: etcd, kube-apiserver, containerd, kubelet, kube-proxy, scheduler, controller manager"
     );
     let node = Node::start().await;
-    node.import_layout(
-        &controller_image_layout(),
-        &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
-    );
-    let images = AppImages::load();
-    for archive in &images.archives {
-        node.import(archive);
-    }
+    let images = import_images(&node);
     println!(
         "==> images imported: {IMAGE_REPOSITORY}:{IMAGE_TAG} (scripts/build-image.sh), {} (Debian + PyPI)",
         images.awscli

@@ -49,14 +49,7 @@ fn the_chart_serves_real_pods_on_a_real_node() {
 
 async fn scenarios(node: std::sync::Arc<Node>) {
     let started = Instant::now();
-    node.import_layout(
-        &controller_image_layout(),
-        &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
-    );
-    let images = AppImages::load();
-    for archive in &images.archives {
-        node.import(archive);
-    }
+    let images = import_images(&node);
     println!(
         "node: images imported in {} ms",
         started.elapsed().as_millis()
@@ -497,13 +490,7 @@ async fn operations(node: &Node, images: &AppImages) {
     // (d) The leader pod deleted: another replica leads within the lease.
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     let holder = within(60, "a leader after the upgrade", || async {
-        let h = leases
-            .get_opt(RELEASE)
-            .await
-            .ok()
-            .flatten()?
-            .spec?
-            .holder_identity?;
+        let h = lease_holder(&leases).await?;
         controller_pods(&client)
             .await
             .iter()
@@ -517,13 +504,7 @@ async fn operations(node: &Node, images: &AppImages) {
         .await
         .expect("delete the leader pod");
     let next = within(60, "another replica to lead", || async {
-        let h = leases
-            .get_opt(RELEASE)
-            .await
-            .ok()
-            .flatten()?
-            .spec?
-            .holder_identity?;
+        let h = lease_holder(&leases).await?;
         (h != holder).then_some(h)
     })
     .await;

@@ -154,16 +154,11 @@ pub async fn install(node: &Node, sts: &StsDouble) -> Installed {
         assert_eq!(sc.run_as_non_root, Some(true));
     }
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
-    let holder = within(60, "a replica to hold the Lease", || async {
-        leases
-            .get_opt(RELEASE)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec.and_then(|s| s.holder_identity))
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+    let holder = within(60, "one of the replicas to hold the Lease", || async {
+        lease_holder(&leases).await.filter(|h| names.contains(h))
     })
     .await;
-    let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
     assert!(
         names.contains(&holder),
         "the Lease holder {holder} is one of {names:?}"
@@ -180,6 +175,31 @@ pub async fn install(node: &Node, sts: &StsDouble) -> Installed {
         replicas: names,
         leader: holder,
     }
+}
+
+/// Imports the controller's image (scripts/build-image.sh) and the app images
+/// (scripts/build-node-images.sh) into the node's containerd.
+pub fn import_images(node: &Node) -> AppImages {
+    node.import_layout(
+        &controller_image_layout(),
+        &format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}"),
+    );
+    let images = AppImages::load();
+    for archive in &images.archives {
+        node.import(archive);
+    }
+    images
+}
+
+/// The holder of the controller's Lease, if any.
+pub async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(RELEASE)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
 }
 
 /// What [`install`] saw.
