@@ -617,10 +617,16 @@ async fn uninstall_and_reinstall(node: &Node, sts: &StsDouble) {
         .as_ref()
         .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
         .unwrap_or_default();
+    // What README's "Uninstalling" says is left: the Lease, still naming the last leader (its
+    // release on shutdown is refused once Helm has deleted the chart's RBAC in the same
+    // second); a reinstall waits for it to expire.
     println!(
-        "(g) helm uninstall: TLS Secret deleted by the garbage collector; left: the Lease {} (holder {:?}: released on shutdown, kept so a reinstall finds it)",
-        if lease.is_some() { "exists" } else { "gone" },
-        holder
+        "(g) helm uninstall: the webhook's TLS Secret deleted by the garbage collector; left: {}",
+        match &lease {
+            Some(_) if !holder.is_empty() => format!("the Lease, held by the last leader {holder}"),
+            Some(_) => "the Lease, released".to_string(),
+            None => "nothing".to_string(),
+        }
     );
     let reinstall = Instant::now();
     let installed = install(node, sts).await;
