@@ -101,11 +101,29 @@ pub fn policy_check(ctx: Arc<crate::controller::Context>) -> PolicyCheck {
     })
 }
 
-/// The running webhook; dropping it stops every task it started.
+/// The running webhook; dropping it stops every task it started at once ([`Handle::drain`]
+/// first for a clean stop).
 pub struct Handle {
     pub addr: SocketAddr,
     pub certs: Arc<server::CertStore>,
     tasks: Vec<JoinHandle<()>>,
+    phase: tokio::sync::watch::Sender<server::Phase>,
+    /// True once the server has stopped (after a drain).
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Handle {
+    /// Stops serving without failing an admission: for `delay` every answer closes its
+    /// connection and new connections are still accepted (the Service's endpoints take a moment
+    /// to drop a terminating pod); then no new connections, idle ones closed, and this returns
+    /// once the requests in flight are answered (at most 10 s more).
+    pub async fn drain(&self, delay: Duration) {
+        self.phase.send_replace(server::Phase::Closing);
+        tokio::time::sleep(delay).await;
+        self.phase.send_replace(server::Phase::Closed);
+        let mut stopped = self.stopped.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(11), stopped.wait_for(|s| *s)).await;
+    }
 }
 
 impl Drop for Handle {
@@ -238,9 +256,20 @@ pub async fn start(
             )));
         }
     }
-    tasks.push(tokio::spawn(server::serve(listener, tls, router(shared))));
+    let (phase, phase_rx) = tokio::sync::watch::channel(server::Phase::Serving);
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+    tasks.push(tokio::spawn(async move {
+        server::serve(listener, tls, router(shared), phase_rx).await;
+        stopped_tx.send_replace(true);
+    }));
     info!(%addr, "admission webhook listening");
-    Ok(Handle { addr, certs, tasks })
+    Ok(Handle {
+        addr,
+        certs,
+        tasks,
+        phase,
+        stopped,
+    })
 }
 
 fn router(shared: Arc<Shared>) -> Router {
