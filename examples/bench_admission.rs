@@ -28,10 +28,11 @@
 //! API server would call both for every pod. TLS is end to end (the front sees bytes only), so
 //! the API server checks each replica's certificate against the `caBundle` as in a cluster.
 //!
-//! **The replica restart** is a rolling restart's: the replica leaves the front's rotation (the
-//! endpoint goes not-ready when the pod starts terminating), gets SIGTERM, exits, is started
-//! again on the same port and rejoins the rotation once its `/readyz` answers 200. The replica
-//! restarted is the leader, so the Lease changes hands as well.
+//! **The replica restart** is a rolling restart's: the replica gets SIGTERM, leaves the front's
+//! rotation a moment later (`--endpoint-delay-ms`: a Service's endpoints drop a terminating pod
+//! after the kubelet is told to stop it, not before), exits, is started again on the same port
+//! and rejoins the rotation once its `/readyz` answers 200. The replica restarted is the leader,
+//! so the Lease changes hands as well.
 //!
 //! **The CA rotation** is the controller's own, forced by time: the replicas run with a CA
 //! lifetime chosen so that the leader stages a new CA (renewal at a third of the lifetime left)
@@ -94,6 +95,10 @@ struct Args {
     /// planned steps before the next CA is staged; the benchmark waits out what is left.
     #[arg(long, default_value_t = 15.0)]
     rotation_margin_secs: f64,
+    /// In the rolling restart, how long after the SIGTERM the replica leaves the front's
+    /// rotation (a Service's endpoints drop a terminating pod a moment after it is told to stop).
+    #[arg(long, default_value_t = 1000)]
+    endpoint_delay_ms: u64,
     /// Admissions in flight at most; one that would exceed it is counted as failed.
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
@@ -986,6 +991,7 @@ async fn main() {
     let restarted = replicas.leader().await.unwrap_or(0);
     let mut rss_restart = (f64::NAN, f64::NAN);
     let quarter = Duration::from_secs_f64(args.step_secs / 4.0);
+    let endpoint_delay = Duration::from_millis(args.endpoint_delay_ms);
     let (front_ref, rss_ref) = (&front, &mut rss_restart);
     let restart = async move |r: &mut Replicas| {
         tokio::time::sleep(quarter).await;
@@ -993,11 +999,23 @@ async fn main() {
         counted_before_stop[restarted] = r.counters().await.get(restarted).map(|c| c.0);
         rss_ref.0 = rss_bytes(r.bin(restarted));
         let t = Instant::now();
-        front_ref.set_ready(restarted, false);
         let bin = r.list[restarted].bin.take().expect("running");
-        let status = tokio::task::spawn_blocking(move || bin.signal("TERM"))
-            .await
-            .expect("stop the replica");
+        let pid = bin.pid().expect("the replica's pid");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        // The pod is terminating: its endpoint leaves the Service a moment later.
+        tokio::time::sleep(endpoint_delay).await;
+        front_ref.set_ready(restarted, false);
+        let status = tokio::task::spawn_blocking(move || {
+            let mut bin = bin;
+            let status = bin.child.wait();
+            (status, bin)
+        })
+        .await
+        .expect("wait for the replica")
+        .0
+        .map_or_else(|e| e.to_string(), |s| s.to_string());
         let stopped = t.elapsed().as_secs_f64();
         r.start(restarted).await;
         front_ref.set_ready(restarted, true);
@@ -1007,8 +1025,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         During {
             notes: vec![format!(
-                "replica {restarted} (the leader) restarted: out of the front's rotation and SIGTERM {:.1} s into the step, exited ({status}) {stopped:.2} s later, ready and back in the rotation {ready:.2} s after the SIGTERM",
-                quarter.as_secs_f64()
+                "replica {restarted} (the leader) restarted: SIGTERM {:.1} s into the step, out of the front's rotation {:.1} s later, exited ({status}) {stopped:.2} s after the SIGTERM, ready and back in the rotation {ready:.2} s after it",
+                quarter.as_secs_f64(),
+                endpoint_delay.as_secs_f64()
             )],
             counted_before_stop,
         }

@@ -54,7 +54,7 @@ fn the_admission_benchmark_fails_no_admission_at_ten_per_second_and_refuses_over
         "| replica RSS (VmRSS, MiB) | after the warm-up | at the end |",
         "- 5 %: 50 containers + 5 init, 100 vars each, 55 volumes",
         "the old CA out of the caBundle at",
-        "(the leader) restarted: out of the front's rotation and SIGTERM",
+        "(the leader) restarted: SIGTERM",
         "bench-admission: every target met",
     ] {
         assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
