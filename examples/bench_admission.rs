@@ -421,6 +421,8 @@ struct Sample {
     /// Size of the admitted pod the API server answered with (about the AdmissionReview's: the
     /// pod with its managed fields).
     bytes: usize,
+    /// Index of its shape in [`SHAPES`].
+    shape: usize,
 }
 
 /// What one step measured.
@@ -431,6 +433,8 @@ struct Step {
     secs: f64,
     sent: usize,
     latencies_ms: Vec<f64>,
+    /// The same per shape.
+    by_shape: Vec<Vec<f64>>,
     failed: usize,
     errors: Vec<String>,
     /// Largest delay between an admission's planned and actual send (the generator's health).
@@ -441,19 +445,25 @@ struct Step {
     webhook_mean_ms: f64,
     /// The CA changed during the step.
     ca_rotated: bool,
+    /// Each replica's RSS at the step's end (bytes).
+    rss: Vec<f64>,
     /// Notes printed under the table (restart and rotation timings).
     notes: Vec<String>,
 }
 
 impl Step {
     fn quantile(&self, q: f64) -> f64 {
-        let s = &self.latencies_ms;
-        if s.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-        s[i.min(s.len() - 1)]
+        quantile(&self.latencies_ms, q)
     }
+}
+
+/// The `q` quantile of sorted values.
+fn quantile(s: &[f64], q: f64) -> f64 {
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
+    s[i.min(s.len() - 1)]
 }
 
 /// Sends admissions at `rate` per second, open loop (each at its planned time whatever the
@@ -485,6 +495,7 @@ async fn run_load(
                     load.max_in_flight
                 )),
                 bytes: 0,
+                shape: shape_of(i),
             });
             i += 1;
             continue;
@@ -525,6 +536,7 @@ async fn admit_shape(load: &Load, k: usize) -> Sample {
         latency,
         error,
         bytes,
+        shape: k,
     }
 }
 
@@ -666,12 +678,22 @@ where
     let (samples, secs, lag_max_ms) = runner.await.expect("load task");
     let after = replicas.counters().await;
     let ca_after = ca_state(secrets).await;
+    let rss = (0..replicas.list.len())
+        .map(|i| replicas.list[i].bin.as_ref().map_or(f64::NAN, rss_bytes))
+        .collect();
     let mut latencies_ms: Vec<f64> = samples
         .iter()
         .filter(|s| s.error.is_none())
         .map(|s| s.latency.as_secs_f64() * 1000.0)
         .collect();
     latencies_ms.sort_by(f64::total_cmp);
+    let mut by_shape = vec![Vec::new(); SHAPES.len()];
+    for s in samples.iter().filter(|s| s.error.is_none()) {
+        by_shape[s.shape].push(s.latency.as_secs_f64() * 1000.0);
+    }
+    for v in &mut by_shape {
+        v.sort_by(f64::total_cmp);
+    }
     let mut errors: Vec<String> = samples.iter().filter_map(|s| s.error.clone()).collect();
     let failed = errors.len();
     errors.dedup();
@@ -706,6 +728,7 @@ where
         secs,
         sent: samples.len(),
         latencies_ms,
+        by_shape,
         failed,
         errors,
         lag_max_ms,
@@ -716,6 +739,7 @@ where
             f64::NAN
         },
         ca_rotated,
+        rss,
         notes,
     }
 }
@@ -1189,6 +1213,28 @@ impl Report<'_> {
                 ),
                 &p99,
             ),
+            (
+                "p50 / p99, 1-container pods (ms)",
+                String::new(),
+                &|s: &Step| {
+                    let v = &s.by_shape[0];
+                    (
+                        format!("{:.1} / {:.1}", quantile(v, 0.5), quantile(v, 0.99)),
+                        None,
+                    )
+                },
+            ),
+            (
+                "p50 / p99, 50-container pods (ms)",
+                String::new(),
+                &|s: &Step| {
+                    let v = &s.by_shape[SHAPES.len() - 1];
+                    (
+                        format!("{:.1} / {:.1}", quantile(v, 0.5), quantile(v, 0.99)),
+                        None,
+                    )
+                },
+            ),
             ("max (ms)", String::new(), &|s: &Step| {
                 (format!("{:.1}", s.quantile(1.0)), None)
             }),
@@ -1201,6 +1247,14 @@ impl Report<'_> {
                 let v: Vec<String> = s.per_replica.iter().map(|x| format!("{x:.0}")).collect();
                 (v.join(" / "), None)
             }),
+            (
+                "RSS at the step's end, per replica (MiB)",
+                String::new(),
+                &|s: &Step| {
+                    let v: Vec<String> = s.rss.iter().map(|x| format!("{:.1}", x / MIB)).collect();
+                    (v.join(" / "), None)
+                },
+            ),
             ("generator lag, max (ms)", String::new(), &|s: &Step| {
                 (format!("{:.1}", s.lag_max_ms), None)
             }),
