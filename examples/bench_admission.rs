@@ -412,6 +412,17 @@ struct Load {
     /// The serialized pod of each shape.
     bodies: Vec<Vec<u8>>,
     max_in_flight: usize,
+    /// The front's replicas, for the connections the API server opened.
+    backends: Arc<Vec<Backend>>,
+}
+
+impl Load {
+    fn connections(&self) -> usize {
+        self.backends
+            .iter()
+            .map(|b| b.connections.load(Ordering::SeqCst))
+            .sum()
+    }
 }
 
 /// One admission's outcome.
@@ -447,6 +458,8 @@ struct Step {
     ca_rotated: bool,
     /// Each replica's RSS at the step's end (bytes).
     rss: Vec<f64>,
+    /// Connections the API server opened to the webhook (each a TLS handshake).
+    connections: usize,
     /// Notes printed under the table (restart and rotation timings).
     notes: Vec<String>,
 }
@@ -665,6 +678,7 @@ where
 {
     let ca_before = ca_state(secrets).await;
     let before = replicas.counters().await;
+    let connections_before = load.connections();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner = tokio::spawn(run_load(load.clone(), rate, stop_rx));
     let t = Instant::now();
@@ -677,6 +691,7 @@ where
     stop_tx.send_replace(true);
     let (samples, secs, lag_max_ms) = runner.await.expect("load task");
     let after = replicas.counters().await;
+    let connections = load.connections() - connections_before;
     let ca_after = ca_state(secrets).await;
     let rss = (0..replicas.list.len())
         .map(|i| replicas.list[i].bin.as_ref().map_or(f64::NAN, rss_bytes))
@@ -740,6 +755,7 @@ where
         },
         ca_rotated,
         rss,
+        connections,
         notes,
     }
 }
@@ -890,6 +906,7 @@ async fn main() {
         path: format!("/api/v1/namespaces/{ns}/pods?dryRun=All"),
         bodies,
         max_in_flight: args.max_in_flight,
+        backends: front.backends.clone(),
     });
     support::wait_for("the API server to call the webhook", || async {
         admit(&load, 0).await.error.is_none().then_some(())
@@ -1247,6 +1264,11 @@ impl Report<'_> {
                 let v: Vec<String> = s.per_replica.iter().map(|x| format!("{x:.0}")).collect();
                 (v.join(" / "), None)
             }),
+            (
+                "connections the API server opened",
+                String::new(),
+                &|s: &Step| (s.connections.to_string(), None),
+            ),
             (
                 "RSS at the step's end, per replica (MiB)",
                 String::new(),
