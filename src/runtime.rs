@@ -52,6 +52,12 @@ impl Shutdown {
     }
 }
 
+/// How long a stopping replica's webhook keeps accepting connections, each answer closing its
+/// connection, before it stops accepting (`webhook::Handle::drain`): the Service's endpoints
+/// take a moment to drop a terminating pod, and the API server keeps sending on the connections
+/// it holds (docs/webhook.md, Failure modes).
+pub const WEBHOOK_SHUTDOWN_DELAY: Duration = Duration::from_secs(3);
+
 /// What the process serves besides the reconcile loop.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessSettings {
@@ -197,23 +203,34 @@ impl Process {
         );
         let held = webhook.clone();
         let task = tokio::spawn(async move {
+            let requested = shutdown.requested();
             let deadline = async move {
                 shutdown.requested().await;
                 tokio::time::sleep(timeout).await;
             };
-            // Only once nothing is in flight may another replica start writing.
-            let resign = tokio::select! {
-                () = loop_done => Resign::Release,
-                () = deadline => {
-                    warn!("in-flight reconciles did not finish within --shutdown-timeout; the lease is left to expire");
-                    Resign::LetExpire
+            let reconciles = async {
+                // Only once nothing is in flight may another replica start writing.
+                let resign = tokio::select! {
+                    () = loop_done => Resign::Release,
+                    () = deadline => {
+                        warn!("in-flight reconciles did not finish within --shutdown-timeout; the lease is left to expire");
+                        Resign::LetExpire
+                    }
+                };
+                alive.store(false, Ordering::SeqCst);
+                if let Some(election) = election {
+                    let _ = resign_tx.send(resign);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
                 }
             };
-            alive.store(false, Ordering::SeqCst);
-            if let Some(election) = election {
-                let _ = resign_tx.send(resign);
-                let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
-            }
+            // Admissions are served on while the replica winds down, then drained.
+            let admissions = async {
+                if let Some(hook) = &held {
+                    requested.await;
+                    hook.drain(WEBHOOK_SHUTDOWN_DELAY).await;
+                }
+            };
+            tokio::join!(reconciles, admissions);
             drop(held);
             if let Some(admin) = admin {
                 admin.abort();

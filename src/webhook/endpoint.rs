@@ -223,9 +223,7 @@ pub fn mutate(pod: &Pod, injection: &Injection, image: &str) -> Mutation {
     {
         inject(c, &env, &mut warnings);
     }
-    let before = serde_json::to_value(pod).unwrap_or_default();
-    let after = serde_json::to_value(&out).unwrap_or_default();
-    let mut patch = json_patch::diff(&before, &after);
+    let mut patch = mutate::spec_patch(pod, out.spec.as_ref().unwrap_or(&Default::default()));
     if !has_sidecar {
         patch.0.push(add_sidecar(pod, image, &secret_volume));
     }

@@ -18,16 +18,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::core::admission::AdmissionResponse;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -100,11 +101,29 @@ pub fn policy_check(ctx: Arc<crate::controller::Context>) -> PolicyCheck {
     })
 }
 
-/// The running webhook; dropping it stops every task it started.
+/// The running webhook; dropping it stops every task it started at once ([`Handle::drain`]
+/// first for a clean stop).
 pub struct Handle {
     pub addr: SocketAddr,
     pub certs: Arc<server::CertStore>,
     tasks: Vec<JoinHandle<()>>,
+    phase: tokio::sync::watch::Sender<server::Phase>,
+    /// True once the server has stopped (after a drain).
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Handle {
+    /// Stops serving without failing an admission: for `delay` every answer closes its
+    /// connection and new connections are still accepted (the Service's endpoints take a moment
+    /// to drop a terminating pod); then no new connections, idle ones closed, and this returns
+    /// once the requests in flight are answered (at most 10 s more).
+    pub async fn drain(&self, delay: Duration) {
+        self.phase.send_replace(server::Phase::Closing);
+        tokio::time::sleep(delay).await;
+        self.phase.send_replace(server::Phase::Closed);
+        let mut stopped = self.stopped.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(11), stopped.wait_for(|s| *s)).await;
+    }
 }
 
 impl Drop for Handle {
@@ -237,9 +256,20 @@ pub async fn start(
             )));
         }
     }
-    tasks.push(tokio::spawn(server::serve(listener, tls, router(shared))));
+    let (phase, phase_rx) = tokio::sync::watch::channel(server::Phase::Serving);
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+    tasks.push(tokio::spawn(async move {
+        server::serve(listener, tls, router(shared), phase_rx).await;
+        stopped_tx.send_replace(true);
+    }));
     info!(%addr, "admission webhook listening");
-    Ok(Handle { addr, certs, tasks })
+    Ok(Handle {
+        addr,
+        certs,
+        tasks,
+        phase,
+        stopped,
+    })
 }
 
 fn router(shared: Arc<Shared>) -> Router {
@@ -249,19 +279,37 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-#[instrument(name = "admission", skip_all, fields(bytes = body.len()))]
-async fn admit(State(s): State<Arc<Shared>>, body: Bytes) -> impl IntoResponse {
+/// Reads the body in chunks (`review::Collector`): a pod over the limit is refused with its
+/// message however large it is, without holding more than the limit in memory.
+#[instrument(name = "admission", skip_all, fields(bytes))]
+async fn admit(State(s): State<Arc<Shared>>, body: Body) -> Response {
     let start = Instant::now();
-    let (res, label) = s.decide(&body).await;
+    let mut body = body;
+    let mut collector = review::Collector::default();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        if let Some(chunk) = frame.data_ref()
+            && !collector.push(chunk)
+        {
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
+    }
+    tracing::Span::current().record("bytes", collector.len());
+    let (res, label) = s.decide(collector.finish()).await;
     s.metrics
         .webhook_admission(label, start.elapsed().as_secs_f64());
     let body = serde_json::to_vec(&res.into_review()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 impl Shared {
-    async fn decide(&self, body: &[u8]) -> (AdmissionResponse, &'static str) {
-        let req = match review::decode(body) {
+    async fn decide(
+        &self,
+        decoded: Result<AdmissionRequest<Pod>, Box<AdmissionResponse>>,
+    ) -> (AdmissionResponse, &'static str) {
+        let req = match decoded {
             Ok(r) => r,
             Err(res) => return (*res, review::result::ERROR),
         };
@@ -655,6 +703,33 @@ mod tests {
                 .is_some_and(|m| m.contains("--webhook-sidecar-image")),
             "{out}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pod_over_the_limit_gets_the_refusal_through_the_server_not_a_bare_413() {
+        // The API server admits creates of up to 3 MiB (its request limit); the review of such a
+        // pod must reach the handler's refusal, which names the limit, whatever its size.
+        for vars in [15_000, 34_000] {
+            let env: Vec<Value> = (0..vars)
+                .map(|i| json!({"name": format!("APP_SETTING_{i:05}"), "value": "v".repeat(60)}))
+                .collect();
+            let pod = json!({"metadata": {"name": "p", "labels": {mutate::ROLE_LABEL: "ready"}},
+                             "spec": {"containers": [{"name": "c", "image": "i", "env": env}]}});
+            let body = review(pod);
+            assert!(body.len() > review::MAX_REVIEW_BYTES, "{}", body.len());
+            let out = post(shared(), body).await;
+            assert_eq!(out["response"]["allowed"], false, "{vars} variables");
+            assert_eq!(
+                out["response"]["uid"],
+                "705ab4f5-6393-11e8-b7cc-42010a800002"
+            );
+            let message = out["response"]["status"]["message"].to_string();
+            assert!(
+                message.contains("the pod is too large for the kube-aws-iam-controller webhook")
+                    && message.contains("at most 1024 KiB"),
+                "{message}"
+            );
+        }
     }
 
     #[tokio::test]

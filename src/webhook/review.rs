@@ -42,17 +42,89 @@ pub mod result {
     pub const ERROR: &str = "error";
 }
 
-/// The largest AdmissionReview the webhook decodes (docs/webhook.md): a pod of 50 containers
-/// with 100 variables each is about a third of it. A larger one is refused before its pod is
-/// decoded.
+/// The largest AdmissionReview the webhook decodes (docs/webhook.md). The review holds the pod
+/// and its `metadata.managedFields`, which list every field the creator set: for a pod that is
+/// mostly variables they are about as large as the pod, so this admits pods of up to about
+/// 0.5 MiB of JSON (50 containers and 5 init containers with 100 variables each: 495 KiB sent,
+/// 959 KiB admitted, measured by `scripts/bench-admission.sh`). A larger one is refused before
+/// its pod is decoded.
 pub const MAX_REVIEW_BYTES: usize = 1024 * 1024;
+
+/// The most a body is read before the connection is refused (413). Past
+/// [`MAX_REVIEW_BYTES`] the bytes are read and dropped, so that the API server gets the refusal
+/// with its message: it sends reviews of pods of up to its request limit (3 MiB) plus their
+/// managed fields, several times that at worst.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How much of each end of an oversized body is kept to find the request's uid in (the API
+/// server writes it first; an encoder that sorts keys, last).
+const PREFIX_BYTES: usize = 4096;
+
+/// An AdmissionReview body as it arrives: kept whole up to [`MAX_REVIEW_BYTES`]; past that only
+/// its first and last bytes and its length, in constant memory.
+#[derive(Debug, Default)]
+pub struct Collector {
+    kept: Vec<u8>,
+    tail: Vec<u8>,
+    len: usize,
+}
+
+impl Collector {
+    /// Adds the next chunk of the body; false once the body is over [`MAX_BODY_BYTES`].
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        self.len = self.len.saturating_add(chunk.len());
+        if self.len <= MAX_REVIEW_BYTES {
+            self.kept.extend_from_slice(chunk);
+            return true;
+        }
+        if self.kept.len() > PREFIX_BYTES {
+            let rest = self.kept.split_off(PREFIX_BYTES);
+            self.kept.shrink_to_fit();
+            self.keep_tail(&rest);
+        }
+        let room = PREFIX_BYTES
+            .saturating_sub(self.kept.len())
+            .min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..room]);
+        self.keep_tail(&chunk[room..]);
+        self.len <= MAX_BODY_BYTES
+    }
+
+    fn keep_tail(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(PREFIX_BYTES)..];
+        self.tail.extend_from_slice(bytes);
+        let over = self.tail.len().saturating_sub(PREFIX_BYTES);
+        self.tail.drain(..over);
+    }
+
+    /// The bytes received so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The request, or the response refusing the body (see [`decode`]).
+    pub fn finish(self) -> Result<AdmissionRequest<Pod>, Box<AdmissionResponse>> {
+        if self.len > MAX_REVIEW_BYTES {
+            let mut res = too_large(self.len);
+            res.uid = request_uid(&self.kept, &self.tail);
+            return Err(Box::new(res));
+        }
+        decode(&self.kept)
+    }
+}
 
 /// The request in an AdmissionReview body, or the response refusing a body that is not one or
 /// is larger than [`MAX_REVIEW_BYTES`]. The error quotes no part of the body: only where
 /// decoding stopped.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionResponse>> {
     if body.len() > MAX_REVIEW_BYTES {
-        return Err(Box::new(too_large(body)));
+        let mut res = too_large(body.len());
+        res.uid = request_uid(body, &[]);
+        return Err(Box::new(res));
     }
     let review: AdmissionReview<Pod> = serde_json::from_slice(body).map_err(|e| {
         Box::new(AdmissionResponse::invalid(format!(
@@ -68,9 +140,10 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, Box<AdmissionRespons
     })
 }
 
-/// The refusal of a body over [`MAX_REVIEW_BYTES`], for the request's uid (read without decoding
-/// the pod: the API server takes no answer for another uid).
-fn too_large(body: &[u8]) -> AdmissionResponse {
+/// The request's uid in a body, or in its first and last bytes, without decoding the pod (the
+/// API server takes no answer for another uid): read as JSON when `head` is the whole body,
+/// else the first `"uid"` string of either end (the API server writes the request's first).
+fn request_uid(head: &[u8], tail: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Review {
         request: Option<Request>,
@@ -79,18 +152,45 @@ fn too_large(body: &[u8]) -> AdmissionResponse {
     struct Request {
         uid: String,
     }
-    let uid = serde_json::from_slice::<Review>(body)
-        .ok()
-        .and_then(|r| r.request)
-        .map(|r| r.uid)
-        .unwrap_or_default();
-    let mut res = AdmissionResponse::invalid(format!(
+    if let Ok(r) = serde_json::from_slice::<Review>(head) {
+        return r.request.map(|r| r.uid).unwrap_or_default();
+    }
+    let uid = first_uid(head);
+    if uid.is_empty() { first_uid(tail) } else { uid }
+}
+
+/// The value of the first `"uid"` key in `bytes`, if it looks like a uid.
+fn first_uid(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((_, after)) = text.split_once("\"uid\"") else {
+        return String::new();
+    };
+    let after = after.trim_start();
+    let Some(after) = after.strip_prefix(':').map(str::trim_start) else {
+        return String::new();
+    };
+    after
+        .strip_prefix('"')
+        .and_then(|v| v.split_once('"'))
+        .map(|(uid, _)| uid)
+        .filter(|uid| {
+            uid.len() <= 128
+                && uid
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The refusal of a body of `len` bytes, over [`MAX_REVIEW_BYTES`] (its uid is set by the
+/// caller).
+fn too_large(len: usize) -> AdmissionResponse {
+    AdmissionResponse::invalid(format!(
         "the pod is too large for the kube-aws-iam-controller webhook: its AdmissionReview has {} KiB, at most {} KiB are admitted",
-        body.len() / 1024,
+        len / 1024,
         MAX_REVIEW_BYTES / 1024
-    ));
-    res.uid = uid;
-    res
+    ))
 }
 
 /// The response for `req`, and its metric label; `delivery` chooses between the Secret mount
@@ -211,6 +311,65 @@ mod tests {
             },
         }))
         .expect("json")
+    }
+
+    #[test]
+    fn an_oversized_body_arriving_in_chunks_keeps_only_its_head_and_is_refused_for_its_uid() {
+        let big = review(20_000);
+        let mut c = Collector::default();
+        for chunk in big.chunks(16 * 1024) {
+            assert!(c.push(chunk));
+        }
+        assert_eq!(c.len(), big.len());
+        assert!(
+            c.kept.len() <= PREFIX_BYTES && c.tail.len() <= PREFIX_BYTES,
+            "{} and {} bytes kept",
+            c.kept.len(),
+            c.tail.len()
+        );
+        let res = c.finish().expect_err("too large");
+        assert!(!res.allowed);
+        assert_eq!(res.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(
+            res.result
+                .message
+                .contains(&format!("has {} KiB", big.len() / 1024)),
+            "{}",
+            res.result.message
+        );
+        // Within the limit, whole: decoded as before.
+        let mut c = Collector::default();
+        for chunk in review(5_000).chunks(7) {
+            assert!(c.push(chunk));
+        }
+        assert!(c.finish().is_ok());
+        // Past the most the webhook reads: refused at the connection.
+        let mut c = Collector::default();
+        let chunk = vec![b' '; 1024 * 1024];
+        let pushed = (0..=MAX_BODY_BYTES / chunk.len())
+            .map(|_| c.push(&chunk))
+            .collect::<Vec<_>>();
+        assert_eq!(pushed.last(), Some(&false));
+        assert!(c.kept.len() <= PREFIX_BYTES && c.tail.len() <= PREFIX_BYTES);
+    }
+
+    #[test]
+    fn the_uid_is_found_in_the_head_of_a_body_as_the_api_server_writes_it() {
+        let head = br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid" : "0f1e-2d3c","kind":{"#;
+        assert_eq!(request_uid(head, b""), "0f1e-2d3c");
+        assert_eq!(request_uid(br#"{"request":{"kind":{"#, b""), "");
+        assert_eq!(
+            request_uid(br#"{"request":{"uid":"a\"b","kind":{"#, b""),
+            ""
+        );
+        // Keys in sorted order (serde_json's): the uid is near the end.
+        assert_eq!(
+            request_uid(
+                br#"{"request":{"kind":{"#,
+                br#""}]}},"uid":"9-8","userInfo":{}}}"#
+            ),
+            "9-8"
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! HTTPS for the webhook: a rustls (ring) acceptor whose certificate can be swapped at any time
-//! (new connections get the new one; open ones keep theirs), serving an axum router over HTTP/1.1.
+//! (new connections get the new one; open ones keep theirs), serving an axum router over HTTP/1.1,
+//! and drained, not cut, when the replica stops.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::crypto::CryptoProvider;
@@ -13,6 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::debug;
 
 /// The certificate currently served; empty until the first one is loaded.
@@ -84,15 +88,51 @@ pub fn tls_config(certs: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, ru
     Ok(Arc::new(config))
 }
 
-/// Accepts connections until the task is dropped; each handshake and connection runs in its
-/// own task, so a slow client holds up no one else. Dropping the future ends every connection
-/// too (as a stopped process would), not only the listener.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+/// Where the server is in its life: a replica that is asked to stop drains its connections
+/// instead of cutting them, so the API server's admissions in flight or about to be sent on a
+/// kept-alive connection do not fail (`failurePolicy: Fail` would refuse those pods).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Every answer carries `Connection: close`, so each connection the API server keeps ends
+    /// cleanly after its next answer; new connections (routed here while the Service's
+    /// endpoints update) are still accepted.
+    Closing,
+    /// No new connections; idle ones are closed, requests in flight finish.
+    Closed,
+}
+
+/// Accepts connections until `phase` turns [`Phase::Closed`], then waits (at most 10 s) for the
+/// requests in flight; each handshake and connection runs in its own task, so a slow client
+/// holds up no one else. Dropping the future ends every connection at once (as a killed process
+/// would).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    phase: watch::Receiver<Phase>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let closing = phase.clone();
+    let router = router.layer(axum::middleware::map_response(move |mut res: Response| {
+        let closing = *closing.borrow() != Phase::Serving;
+        async move {
+            if closing {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+    }));
     let mut connections = tokio::task::JoinSet::new();
+    let mut stop = phase.clone();
     loop {
         while connections.try_join_next().is_some() {}
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|p| *p == Phase::Closed) => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, "accept failed");
@@ -102,6 +142,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
+        let mut closed = phase.clone();
         connections.spawn(async move {
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -116,9 +157,26 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => Some(ended),
+                _ = closed.wait_for(|p| *p == Phase::Closed) => None,
+            };
+            let ended = match ended {
+                Some(ended) => ended,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
