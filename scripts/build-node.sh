@@ -28,12 +28,13 @@ CNI_PLUGINS=(bridge host-local loopback portmap)
 
 IPTABLES_DEBS=(iptables libip4tc2 libip6tc2 libxtables12 libnetfilter-conntrack3 libnfnetlink0 libnftnl11 libmnl0)
 
+cni_ok() { for p in "${CNI_PLUGINS[@]}"; do [ -x "$OUT/cni/$p" ] || return 1; done; }
 iptables_ok() { LD_LIBRARY_PATH="$OUT/iptables/lib" "$OUT/iptables/bin/iptables" --version >/dev/null 2>&1; }
 ok() { # every binary present, and the ones that can say so report a version
   [ -x "$OUT/pause" ] || return 1
+  cni_ok || return 1
   iptables_ok || return 1
   "$OUT/kube-proxy" --version >/dev/null 2>&1 || return 1
-  for p in "${CNI_PLUGINS[@]}"; do [ -x "$OUT/cni/$p" ] || return 1; done
   [ -x "$OUT/containerd-shim-runc-v2" ] || return 1
   "$OUT/kubelet" --version >/dev/null 2>&1 && "$OUT/kube-scheduler" --version >/dev/null 2>&1 \
     && "$OUT/kube-controller-manager" --version >/dev/null 2>&1 \
@@ -127,7 +128,7 @@ step "runc built"
 fi
 
 # CNI plugins.
-if ! for p in "${CNI_PLUGINS[@]}"; do [ -x "$OUT/cni/$p" ] || exit 1; done; then
+if ! cni_ok; then
 mkdir "$work/cni" && cd "$work/cni"
 go mod init kaic-cni-build >/dev/null 2>&1
 go get "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \

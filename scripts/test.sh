@@ -10,8 +10,13 @@ export KAIC_RUN_ID="${KAIC_RUN_ID:-test-$started-$$-$RANDOM}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Independent tool builds side by side; each is a cache hit after the first run.
-bg() { local name=$1; shift; ( "$@" > "$work/$name" 2> "$work/$name.err"; echo $? > "$work/$name.rc" ) & }
-wait_for_rc() { while [ ! -s "$work/$1.rc" ]; do sleep 1; done; }
+bg() { local name=$1; shift; ( "$@" > "$work/$name" 2> "$work/$name.err"; echo $? > "$work/$name.rc" ) & echo $! > "$work/$name.pid"; }
+wait_for_rc() { # the job's exit status, or 1 if it ended without writing one
+  while [ ! -s "$work/$1.rc" ]; do
+    if ! kill -0 "$(cat "$work/$1.pid")" 2>/dev/null && [ ! -s "$work/$1.rc" ]; then echo 1 > "$work/$1.rc"; fi
+    sleep 1
+  done
+}
 tool() { # the output of a background build, or its error and exit
   wait_for_rc "$1"
   if [ "$(cat "$work/$1.rc")" != 0 ]; then cat "$work/$1.err" >&2; echo "test.sh: $1 failed" >&2; exit 1; fi
