@@ -50,10 +50,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -785,20 +783,7 @@ fn configuration(url: &str, ns: &str) -> Value {
 }
 
 async fn install(client: &Client, mwc: &Value) {
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "admissionregistration.k8s.io",
-        "v1",
-        "MutatingWebhookConfiguration",
-    ));
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let obj: DynamicObject = serde_json::from_value(mwc.clone()).expect("configuration");
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply("kaic-bench").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .expect("install the webhook configuration");
+    support::install_webhook_configuration(client, mwc, "kaic-bench").await;
 }
 
 /// A pod over a limit, sent once: how long the refusal took and what it said.

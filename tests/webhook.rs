@@ -89,20 +89,7 @@ fn configuration(name: &str, port: u16, namespaces: &[&str], extra_copy: bool) -
 }
 
 async fn install(client: &Client, mwc: &Value) {
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "admissionregistration.k8s.io",
-        "v1",
-        "MutatingWebhookConfiguration",
-    ));
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let obj: DynamicObject = serde_json::from_value(mwc.clone()).expect("object");
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply("kaic-tests").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .expect("install webhook configuration");
+    support::install_webhook_configuration(client, mwc, "kaic-tests").await;
 }
 
 fn labelled_pod(name: &str, role: &str) -> Pod {

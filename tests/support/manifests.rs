@@ -76,3 +76,28 @@ pub async fn apply_yaml(
     }
     assert!(applied > 0, "{path} holds no objects");
 }
+
+/// Server-side applies the MutatingWebhookConfiguration `mwc` (JSON) as field manager
+/// `manager`, taking over any fields another manager set.
+pub async fn install_webhook_configuration(
+    client: &Client,
+    mwc: &serde_json::Value,
+    manager: &str,
+) {
+    use kube::ResourceExt;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        "MutatingWebhookConfiguration",
+    ));
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj: DynamicObject = serde_json::from_value(mwc.clone()).expect("configuration");
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .expect("install the webhook configuration");
+}
