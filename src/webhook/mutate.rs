@@ -451,6 +451,14 @@ mod tests {
         );
     }
 
+    /// A container's variables and more of them, and its mounts and more of them.
+    type Lists = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+
     /// A spec, and the same spec with items appended to its lists (what both modes do).
     fn appended() -> impl proptest::strategy::Strategy<Value = (PodSpec, PodSpec)> {
         use proptest::prelude::*;
@@ -494,12 +502,7 @@ mod tests {
                     (None, Some(m)) => (None, Some(m.clone())),
                     (Some(b), Some(m)) => (Some(b.clone()), Some([b.clone(), m.clone()].concat())),
                 };
-                let pair = |cs: &[(
-                    Option<Vec<u8>>,
-                    Option<Vec<u8>>,
-                    Option<Vec<u8>>,
-                    Option<Vec<u8>>,
-                )]| {
+                let pair = |cs: &[Lists]| {
                     let (mut b, mut a) = (Vec::new(), Vec::new());
                     for (i, (e, more_e, m, more_m)) in cs.iter().enumerate() {
                         let (eb, ea) = grow(e, more_e);
