@@ -1,25 +1,18 @@
-//! Shared state of the reconcilers, and the few thin functions that write status and Events.
+//! Shared state of the reconcilers: clients, settings, caches and what this process learned or
+//! wrote. No decisions and no writes: reads go through `reconcile`, writes through `act`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
-use tracing::{instrument, warn};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
 
 use super::backoff::Backoff;
 use super::key::RoleKey;
 use super::known::SecretKnowledge;
 use super::leader::Leadership;
 use super::learned::Learned;
-use super::status::{self, Announce, Note, Outcome, Severity, StatusWrite};
 use crate::aws::options::StsOptions;
 use crate::aws::{BaseRoleArn, CredentialIssuer};
 use crate::crd::AWSIAMRole;
@@ -56,22 +49,15 @@ impl Default for Settings {
     }
 }
 
-/// Whether a status write changed the Ready condition's status or reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    Changed,
-    Unchanged,
-}
-
 pub struct Context {
     pub client: Client,
     pub issuer: Arc<dyn CredentialIssuer>,
     pub settings: Settings,
     /// Publishes Warning Events: repeats within six minutes become one Event's series. Its
     /// cache holds every Event it published in that time, so Normal Events (one per issue,
-    /// each different) bypass it: see [`Context::event`].
+    /// each different) bypass it: see `act::event`.
     pub recorder: Recorder,
-    reporter: Reporter,
+    pub(crate) reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
     /// This replica's claim to act: see [`Context::is_leader`].
@@ -148,65 +134,9 @@ impl Context {
         self.learned.base_role_arn()
     }
 
-    /// Writes the status for `outcome`, judged ([`status::write`]) against the object it
-    /// patches and only when it changes something; never for an object that moved on to a newer generation. The patch
-    /// carries the resourceVersion of the object it was computed from (the cached one, then,
-    /// after a conflict, the live one): a change in between is a conflict, never overwritten.
-    #[instrument(name = "status_write", skip_all)]
-    pub async fn write_status(
-        &self,
-        role: &AWSIAMRole,
-        outcome: &Outcome,
-    ) -> Result<Transition, kube::Error> {
-        let now = Utc::now();
-        let cached = role.status.as_ref();
-        let key = RoleKey::of(role);
-        let expiry = match outcome {
-            Outcome::Ready { expiration, .. } => Some(expiration.timestamp()),
-            Outcome::Withdrawn { .. } => None,
-            Outcome::NotReady { .. } => cached
-                .and_then(|s| s.expiration.as_deref())
-                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-                .map(|t| t.timestamp()),
-        };
-        self.metrics
-            .role_state(&key, matches!(outcome, Outcome::Ready { .. }), expiry);
-        let judged = status::write(role, outcome, now);
-        if judged == StatusWrite::Unchanged {
-            return Ok(Transition::Unchanged);
-        }
-        let api: Api<AWSIAMRole> =
-            Api::namespaced(self.client.clone(), &role.namespace().unwrap_or_default());
-        // First against the object as the watch delivered it, with its resourceVersion as the
-        // precondition: no read in the common case. A conflict means it moved on (a newer
-        // generation, our own write not yet in the cache): read it live and judge again.
-        // The cache may not show this process's own last status write yet (a reconcile right
-        // after another): then the live object is read instead of sending a patch bound to fail.
-        let behind = self.status_behind(&key, role.metadata.resource_version.as_deref());
-        if let StatusWrite::Patch { patch, transition } = &judged
-            && !behind
-            && role.resource_version().is_some()
-        {
-            match self.patch_status(&api, role, patch, *transition).await {
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                done => return done,
-            }
-        }
-        let Some(live) = api.get_opt(&role.name_any()).await? else {
-            return Ok(Transition::Unchanged);
-        };
-        if live.uid() != role.uid() {
-            return Ok(Transition::Unchanged);
-        }
-        match status::write(&live, outcome, now) {
-            StatusWrite::Patch { patch, transition } => {
-                self.patch_status(&api, &live, &patch, transition).await
-            }
-            StatusWrite::Unchanged | StatusWrite::Stale => Ok(Transition::Unchanged),
-        }
-    }
-
-    fn status_behind(&self, key: &RoleKey, cached: Option<&str>) -> bool {
+    /// Whether the cached object (at resourceVersion `cached`) may be behind this process's
+    /// last status write of it: then the reconcile reads it live.
+    pub fn status_behind(&self, key: &RoleKey, cached: Option<&str>) -> bool {
         let Ok(mut written) = self.statuses.lock() else {
             return false;
         };
@@ -227,127 +157,6 @@ impl Context {
             &RoleKey::of(role),
             role.metadata.resource_version.as_deref(),
         );
-    }
-
-    /// Sends `status_patch` (judged by [`status::write`] against `object` as read), with
-    /// `object`'s resourceVersion as the precondition, when this replica leads.
-    async fn patch_status(
-        &self,
-        api: &Api<AWSIAMRole>,
-        object: &AWSIAMRole,
-        status_patch: &serde_json::Value,
-        transition: bool,
-    ) -> Result<Transition, kube::Error> {
-        if !self.may_write("status") {
-            return Ok(Transition::Unchanged);
-        }
-        // NOTE: a JSON merge patch, not server-side apply: apply must type the stored object
-        // against the schema and fails (500) on one whose spec does not match it (an
-        // `InvalidSpec` object), which is exactly the one that needs its status written.
-        let patch = json!({
-            "metadata": {"resourceVersion": object.resource_version()},
-            "status": status_patch,
-        });
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let written = api
-            .patch_status(&object.name_any(), &pp, &Patch::Merge(&patch))
-            .await?;
-        if let (Ok(mut m), Some(rv)) = (self.statuses.lock(), written.resource_version()) {
-            m.insert(RoleKey::of(object), rv);
-        }
-        Ok(if transition {
-            Transition::Changed
-        } else {
-            Transition::Unchanged
-        })
-    }
-
-    pub async fn announce(&self, role: &AWSIAMRole, note: Note, transition: Transition) {
-        if note.announce == Announce::OnTransition && transition == Transition::Unchanged {
-            return;
-        }
-        self.event(role, note).await;
-    }
-
-    /// Publishes an Event; a failure to do so is logged, never fatal. Warnings go through
-    /// kube's [`Recorder`], which folds a warning repeated within six minutes into a series
-    /// on one Event; Normal Events (`CreateCredentials`, `UpdateCredentials`: one per issue,
-    /// never a repeat) are created directly, so the recorder's cache, which it scans on every
-    /// publish, stays as small as the number of recent warnings instead of the number of
-    /// roles.
-    pub async fn event(&self, role: &AWSIAMRole, note: Note) {
-        if !self.may_write("event") {
-            return;
-        }
-        let (type_, action) = match note.severity {
-            Severity::Warning => (EventType::Warning, "Reconcile"),
-            Severity::Normal => (EventType::Normal, "IssueCredentials"),
-        };
-        let ev = Event {
-            type_,
-            reason: note.reason.into(),
-            note: Some(status::bounded(&note.message)),
-            action: action.into(),
-            secondary: None,
-        };
-        let reference = role.object_ref(&());
-        let published = match type_ {
-            EventType::Warning => self.recorder.publish(&ev, &reference).await,
-            EventType::Normal => self.create_event(&ev, reference).await,
-        };
-        if let Err(e) = published {
-            warn!(error = %e, reason = note.reason, "could not publish event");
-        }
-    }
-
-    /// Creates an `events.k8s.io/v1` Event as kube's [`Recorder`] does for a first occurrence.
-    async fn create_event(
-        &self,
-        ev: &Event,
-        regarding: ObjectReference,
-    ) -> Result<(), kube::Error> {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let namespace = regarding
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = format!(
-            "{}.{:x}",
-            regarding.name.as_deref().unwrap_or(MANAGER),
-            now.as_nanosecond()
-        );
-        let event = K8sEvent {
-            action: Some(ev.action.clone()),
-            reason: Some(ev.reason.clone()),
-            event_time: Some(MicroTime(now)),
-            regarding: Some(regarding),
-            note: ev.note.clone(),
-            metadata: ObjectMeta {
-                namespace: Some(namespace.clone()),
-                name: Some(name),
-                ..ObjectMeta::default()
-            },
-            reporting_controller: Some(self.reporter.controller.clone()),
-            reporting_instance: Some(
-                self.reporter
-                    .instance
-                    .clone()
-                    .unwrap_or_else(|| self.reporter.controller.clone()),
-            ),
-            type_: Some("Normal".into()),
-            ..K8sEvent::default()
-        };
-        let pp = PostParams {
-            field_manager: Some(MANAGER.into()),
-            ..PostParams::default()
-        };
-        Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
-            .create(&pp, &event)
-            .await
-            .map(|_| ())
     }
 }
 

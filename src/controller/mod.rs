@@ -1,5 +1,6 @@
 //! The reconcile loop: watches AWSIAMRoles and their Secrets and keeps each Secret's credentials valid.
 
+pub mod act;
 pub mod backoff;
 pub mod cache;
 pub mod campaign;

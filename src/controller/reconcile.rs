@@ -1,28 +1,32 @@
-//! One reconcile of one AWSIAMRole: observe (the role, its Secret from the watch cache or read
-//! live, [`super::known`]), decide (pure, [`plan::decide`]), act (the STS call, the Secret, the
-//! status, the Event), requeue. When the Secret's write conflicts (it changed since it was
-//! observed), observe it again and decide again, once.
+//! One reconcile of one AWSIAMRole, in passes of observe → decide → act. Observe: the role
+//! (live when the cache may be behind this process's own status write) and its Secret (from the
+//! watch cache when its data is known, else live: [`super::known`]), and everything the plan
+//! judges by. Decide: [`plan::decide`], and for an STS call its answer ([`plan::answer`]);
+//! [`plan::prepare`] makes the writes ready to send. Act: [`act`] sends them. A write that
+//! conflicts (the object changed since it was observed) sends the reconcile back to observe
+//! (live) and decide again, once; an STS answer in hand for the same request is used, not asked
+//! again.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::context::{Context, MANAGER, Transition};
+use super::act::{self, Written};
+use super::context::Context;
 use super::key::RoleKey;
 use super::known::Observation;
-use super::plan::{self, Observed, Plan, Requeue, Resolution, Writes};
+use super::plan::{self, Observed, Plan, Resolution, Writes};
 use super::secret::Known;
-use super::status::Note;
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
 use crate::crd::AWSIAMRole;
 use crate::{Error, Result};
-
 /// Entry point for the kube-rs `Controller`.
 pub async fn reconcile(role: Arc<AWSIAMRole>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -69,59 +73,99 @@ pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> 
     // And for the controller's own identity, briefly: at start it is usually learned in
     // moments, and a role judged before that would say it waits for it.
     ctx.policy.identity_known(ctx.settings.backoff_base).await;
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &role.namespace().unwrap_or_default());
-    let seen = observe(ctx, &secrets, role).await?;
     let mut answers = Answers::default();
-    match attempt(ctx, role, &secrets, &seen, &mut answers).await? {
-        Acted::Done(action) => Ok(action),
-        // The Secret changed between observing and writing it: observe (live) and decide
-        // again, once; an STS answer in hand for the same request is used, not asked again.
-        Acted::Conflict(_) => {
-            info!("the secret changed meanwhile: observing it again");
-            let seen = read_live(ctx, &secrets, role).await?;
-            match attempt(ctx, role, &secrets, &seen, &mut answers).await? {
-                Acted::Done(action) => Ok(action),
-                Acted::Conflict(e) => {
-                    Err(secret_write_failed(ctx, role, seen.secret.as_ref(), e).await)
-                }
+    let mut seen = observe(ctx, observe_role(ctx, role).await?, false).await?;
+    let mut again = false;
+    loop {
+        match pass(ctx, &seen, &mut answers).await? {
+            Passed::Done(action) => return Ok(action),
+            Passed::Conflict(verb, e) if again => {
+                return Err(act::secret_write_failed(ctx, &seen.role, verb, e).await);
+            }
+            Passed::Conflict(..) => {
+                info!("the secret changed meanwhile: observing it again");
+                again = true;
+                seen = observe(ctx, seen.role, true).await?;
             }
         }
     }
 }
 
-/// What a reconcile observed of the role's Secret.
-struct Seen {
+/// What one reconcile observed.
+struct Seen<'a> {
+    /// The role as the watch delivered it, or read live.
+    role: Cow<'a, AWSIAMRole>,
     secret: Option<Secret>,
     /// The Secret's data as this process last wrote or read it (cached observations only).
     known: Option<Known>,
 }
 
-/// Observes the Secret: from the watch cache when its data is known, else read live.
-async fn observe(ctx: &Context, secrets: &Api<Secret>, role: &AWSIAMRole) -> Result<Seen> {
-    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
-    match ctx.secrets.observe(&ns, &name) {
-        Observation::Cached { metadata, known } => {
-            ctx.metrics.secret_observed("cache");
-            Ok(Seen {
-                secret: Some(*metadata),
-                known: Some(*known),
-            })
-        }
-        Observation::ReadLive => read_live(ctx, secrets, role).await,
-    }
+/// Observes the role: as the watch delivered it, or read live when the cache may be behind
+/// this process's own last status write, which a patch on it would conflict with.
+async fn observe_role<'a>(ctx: &Context, role: &'a AWSIAMRole) -> Result<Cow<'a, AWSIAMRole>> {
+    let behind = ctx.status_behind(&RoleKey::of(role), role.resource_version().as_deref());
+    Ok(match behind || role.resource_version().is_none() {
+        true => read_role(ctx, role)
+            .await?
+            .map_or(Cow::Borrowed(role), Cow::Owned),
+        false => Cow::Borrowed(role),
+    })
 }
 
-/// Reads the Secret from the API server, and remembers what it read.
-async fn read_live(ctx: &Context, secrets: &Api<Secret>, role: &AWSIAMRole) -> Result<Seen> {
+/// Observes the role's Secret: from the watch cache when its data is known, else (or when
+/// `live` is set: its write conflicted) read live.
+async fn observe<'a>(ctx: &Context, role: Cow<'a, AWSIAMRole>, live: bool) -> Result<Seen<'a>> {
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
+    let cached = match ctx.secrets.observe(&ns, &name) {
+        Observation::Cached { metadata, known } if !live => Some((*metadata, *known)),
+        _ => None,
+    };
+    if let Some((metadata, known)) = cached {
+        ctx.metrics.secret_observed("cache");
+        return Ok(Seen {
+            role,
+            secret: Some(metadata),
+            known: Some(known),
+        });
+    }
     ctx.metrics.secret_observed("api");
-    let live = secrets.get_opt(&name).await?;
-    ctx.secrets.record(&ns, &name, live.as_ref());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = secrets.get_opt(&name).await?;
+    ctx.secrets.record(&ns, &name, secret.as_ref());
     Ok(Seen {
-        secret: live,
+        role,
+        secret,
         known: None,
     })
+}
+
+/// The role read live; `None` when it is gone or was replaced (its own watch events follow).
+async fn read_role(ctx: &Context, role: &AWSIAMRole) -> Result<Option<AWSIAMRole>> {
+    let api: Api<AWSIAMRole> =
+        Api::namespaced(ctx.client.clone(), &role.namespace().unwrap_or_default());
+    let live = api.get_opt(&role.name_any()).await?;
+    Ok(live.filter(|l| l.uid() == role.uid()))
+}
+
+/// Everything the plan judges by, from what was seen and the shared state.
+fn observed<'s>(
+    ctx: &'s Context,
+    seen: &'s Seen<'_>,
+    base_role_arn: Option<&'s crate::aws::BaseRoleArn>,
+    policy: &'s super::policy::PolicyView,
+) -> Observed<'s> {
+    Observed {
+        role: &seen.role,
+        secret: seen.secret.as_ref(),
+        known: seen.known.as_ref(),
+        now: Utc::now(),
+        settings: &ctx.settings,
+        base_role_arn,
+        failures: ctx.backoff.failures(&RoleKey::of(seen.role.as_ref())),
+        jitter: rand::random::<f64>(),
+        policy,
+        chained: ctx.learned.is_chained(),
+    }
 }
 
 /// The STS answers this reconcile received, by request: deciding again after a conflict asks
@@ -153,42 +197,24 @@ impl Answers {
     }
 }
 
-/// What came of carrying out a plan.
-enum Acted {
+/// What came of one pass.
+enum Passed {
     Done(Action),
-    /// The Secret's write conflicted (409): it changed since it was observed.
-    Conflict(kube::Error),
+    /// The Secret's write (`Create` or `Update`) conflicted: it changed since it was observed.
+    Conflict(&'static str, kube::Error),
 }
 
-/// Decides from `seen` and carries the plan out: the STS call when the plan asks for one, its
-/// answer resolved by the plan (at most one capped retry: see `plan::Resolution::Chained`),
-/// then the writes.
-async fn attempt(
-    ctx: &Context,
-    role: &AWSIAMRole,
-    secrets: &Api<Secret>,
-    seen: &Seen,
-    answers: &mut Answers,
-) -> Result<Acted> {
+/// One pass: decides from `seen` (with the STS call the plan asks for, its answer resolved by
+/// the plan: at most one capped retry, see `plan::Resolution::Chained`) and acts.
+async fn pass(ctx: &Context, seen: &Seen<'_>, answers: &mut Answers) -> Result<Passed> {
     let base = ctx.base_role_arn();
-    let policy = ctx.policy.view(role);
-    let obs = Observed {
-        role,
-        secret: seen.secret.as_ref(),
-        known: seen.known.as_ref(),
-        now: Utc::now(),
-        settings: &ctx.settings,
-        base_role_arn: base.as_ref(),
-        failures: ctx.backoff.failures(&RoleKey::of(role)),
-        jitter: rand::random::<f64>(),
-        policy: &policy,
-        chained: ctx.learned.is_chained(),
-    };
+    let policy = ctx.policy.view(&seen.role);
+    let obs = observed(ctx, seen, base.as_ref(), &policy);
     let writes = match plan::decide(&obs) {
         Plan::Write(writes) => writes,
         Plan::Issue(mut issue) => loop {
             let Some((answer, at)) = answers.ask(ctx, &issue.request).await else {
-                return Ok(Acted::Done(Action::await_change()));
+                return Ok(Passed::Done(Action::await_change()));
             };
             match plan::answer(&obs, &issue, answer, at) {
                 Resolution::Writes(writes) => break writes,
@@ -202,119 +228,55 @@ async fn attempt(
             }
         },
     };
-    act(ctx, role, secrets, seen.secret.as_ref(), writes).await
+    carry_out(ctx, &obs, writes).await
 }
 
-/// Carries out the writes of a plan and turns its requeue into an `Action`.
-async fn act(
-    ctx: &Context,
-    role: &AWSIAMRole,
-    secrets: &Api<Secret>,
-    existing: Option<&Secret>,
-    writes: Writes,
-) -> Result<Acted> {
-    let Writes {
-        secret,
-        status,
-        events,
-        requeue,
-        issued,
-        policy,
-    } = writes;
-    if let Some(state) = policy {
-        ctx.metrics.policy(&RoleKey::of(role), state);
-    }
+/// Sends the prepared writes: the Secret, then the status (prepared again against the live
+/// object when its patch conflicts), then the rest ([`act::finish`]).
+async fn carry_out(ctx: &Context, obs: &Observed<'_>, writes: Writes) -> Result<Passed> {
+    let role = obs.role;
+    let status_only = Writes {
+        secret: None,
+        ..writes.clone()
+    };
+    let mut prepared = plan::prepare(obs, writes);
     // Someone else changed the Secret right after this write: look again soon.
     let mut changed_meanwhile = false;
-    if let Some(desired) = secret {
-        if !ctx.may_write("secret") {
-            return Ok(Acted::Done(Action::await_change()));
-        }
-        let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
-        // Remembered, so that the watch event of this write triggers nothing and the next
-        // reconcile decides from the cache; after a failure the next one reads live.
-        let write = ctx.secrets.begin_write(&ns, &name);
-        let written = write_secret(secrets, existing, desired).await;
-        changed_meanwhile = write.finish(written.as_ref().ok());
-        match written {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                return Ok(Acted::Conflict(kube::Error::Api(status)));
-            }
-            Err(e) => return Err(secret_write_failed(ctx, role, existing, e).await),
-        }
-        match issued {
-            Some(reason) => {
-                ctx.metrics.issued(reason.as_str());
-                info!(reason = reason.as_str(), "credentials issued");
-            }
-            None => info!("secret written without an STS call"),
+    if let Some(write) = prepared.secret.take() {
+        let verb = write.verb();
+        match act::secret(ctx, role, write, &mut changed_meanwhile).await? {
+            Written::Done => act::secret_written(ctx, prepared.issued),
+            Written::Skipped => return Ok(Passed::Done(Action::await_change())),
+            Written::Conflict(e) => return Ok(Passed::Conflict(verb, e)),
         }
     }
-    let transition = match &status {
-        Some(outcome) => ctx.write_status(role, outcome).await?,
-        None => Transition::Unchanged,
-    };
-    // NOTE: the Events go out after the status write. Sent beside it (tried, to shorten the
-    // cold start), `tests/apiserver_restart.rs` failed in both runs: the resumed watch saw no
-    // 410 after compaction. Why was not found; in sequence it passes.
-    for note in events {
-        if note.severity == super::status::Severity::Warning {
-            warn!(reason = note.reason, message = note.message, "not ready");
-        }
-        ctx.announce(role, note, transition).await;
+    if let Some(patch) = prepared.status.take()
+        && let Written::Conflict(_) = act::status(ctx, role, &patch).await?
+    {
+        // The role moved on since it was observed (a newer generation, or this process's own
+        // write not in the cache yet): the status is judged again against the live object.
+        prepared = match read_role(ctx, role).await? {
+            Some(live) => {
+                let again = plan::prepare(
+                    &Observed {
+                        role: &live,
+                        ..*obs
+                    },
+                    status_only,
+                );
+                if let Some(patch) = &again.status
+                    && let Written::Conflict(e) = act::status(ctx, &live, patch).await?
+                {
+                    return Err(e.into());
+                }
+                again
+            }
+            None => prepared.without_status(),
+        };
     }
-    let action = next_action(ctx, &RoleKey::of(role), requeue, changed_meanwhile);
-    Ok(Acted::Done(action))
-}
-
-/// The plan's requeue as an `Action`, the object's backoff counted or reset; sooner when the
-/// Secret was changed by someone else right after this reconcile's write.
-fn next_action(ctx: &Context, key: &RoleKey, requeue: Requeue, changed_meanwhile: bool) -> Action {
-    let soon = |delay: std::time::Duration| {
-        if changed_meanwhile {
-            delay.min(ctx.settings.backoff_base)
-        } else {
-            delay
-        }
-    };
-    let action = match requeue {
-        Requeue::After(delay) => {
-            ctx.backoff.reset(key);
-            Action::requeue(soon(delay))
-        }
-        Requeue::Backoff(delay) => {
-            ctx.backoff.fail(key);
-            Action::requeue(delay)
-        }
-        Requeue::AwaitChange if changed_meanwhile => {
-            ctx.backoff.reset(key);
-            Action::requeue(ctx.settings.backoff_base)
-        }
-        Requeue::AwaitChange => {
-            ctx.backoff.reset(key);
-            Action::await_change()
-        }
-    };
-    ctx.metrics.set_backoff(ctx.backoff.len());
-    action
-}
-
-/// A failed write of the Secret: a Warning Event, and the error (the object backs off).
-async fn secret_write_failed(
-    ctx: &Context,
-    role: &AWSIAMRole,
-    existing: Option<&Secret>,
-    e: kube::Error,
-) -> Error {
-    let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
-    let (reason, verb) = match existing {
-        Some(_) => ("UpdateSecretFailed", "Update"),
-        None => ("CreateSecretFailed", "Create"),
-    };
-    let message = format!("{verb} of Secret {ns}/{name} failed: {e}");
-    ctx.event(role, Note::warning(reason, message)).await;
-    e.into()
+    Ok(Passed::Done(
+        act::finish(ctx, role, prepared, changed_meanwhile).await,
+    ))
 }
 
 /// One `AssumeRole` call, counted in the metrics (its span names the role, never a credential); `None` when this replica is not the leader
@@ -339,33 +301,4 @@ async fn assume(
         warn!(code = e.code, reason = e.reason(), "AssumeRole failed");
     }
     Some(result)
-}
-
-/// Creates the Secret, or patches it into `desired` (a JSON merge patch) with the
-/// resourceVersion it was read (and its ownership checked) with, so a Secret changed in
-/// between by someone else is never overwritten.
-async fn write_secret(
-    secrets: &Api<Secret>,
-    existing: Option<&Secret>,
-    desired: Secret,
-) -> Result<Secret, kube::Error> {
-    match existing {
-        None => {
-            let pp = PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..PostParams::default()
-            };
-            secrets.create(&pp, &desired).await
-        }
-        Some(current) => {
-            let pp = PatchParams {
-                field_manager: Some(MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let patch = super::secret::merge_patch(current, &desired);
-            secrets
-                .patch(&desired.name_any(), &pp, &Patch::Merge(&patch))
-                .await
-        }
-    }
 }

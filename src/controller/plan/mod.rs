@@ -1,8 +1,8 @@
 //! What one reconcile of one AWSIAMRole does, and when it looks again. Pure: the observed facts
 //! in ([`Observed`], the namespace policy's inputs included), the whole plan out ([`Plan`]): the
-//! STS request or none, and then ([`answer`]) the Secret to create or merge-patch, the status
-//! outcome, the Events and the requeue. The status patch itself is computed against the object
-//! it is written to (`status::write`, in `Context::write_status`), since a conflict re-reads it.
+//! STS request or none, and then ([`answer`]) the Secret, the status outcome, the Events and
+//! the requeue; [`prepare`] turns these into what is sent: the Secret's create or merge patch,
+//! the status patch judged against the observed object, the Events its transition lets through.
 
 use std::time::Duration;
 
@@ -26,9 +26,11 @@ use crate::metrics::PolicyState;
 use crate::policy::{Denial, Verdict};
 
 mod answer;
+mod prepare;
 mod timing;
 
 pub use answer::{Resolution, answer, resolve};
+pub use prepare::{Gauge, Prepared, SecretWrite, prepare};
 use timing::backoff;
 pub use timing::{REQUEUE_SPREAD_MAX, refresh_at, requeue_after, slow_requeue};
 
