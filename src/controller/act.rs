@@ -19,8 +19,53 @@ use super::status::{self, Note, Severity};
 use crate::crd::AWSIAMRole;
 use crate::{Error, Result};
 
+/// What came of carrying out a prepared pass.
+pub enum Acted {
+    Done(Action),
+    /// The Secret's write (`Create` or `Update`) conflicted: it changed since it was observed.
+    SecretConflict(&'static str, kube::Error),
+    /// The status patch conflicted: the role changed since it was observed. The rest of the
+    /// pass (the status judged again, the Events, the requeue) is still to be carried out.
+    StatusConflict {
+        error: kube::Error,
+        rest: Box<Prepared>,
+        changed_meanwhile: bool,
+    },
+}
+
+/// Carries out `prepared`: the Secret, then the status, then the gauges, the Events and the
+/// requeue ([`finish`]). `changed_meanwhile`: the Secret was changed by someone else right
+/// after this reconcile's write (the reconcile then looks again soon).
+pub async fn carry_out(
+    ctx: &Context,
+    role: &AWSIAMRole,
+    mut prepared: Prepared,
+    mut changed_meanwhile: bool,
+) -> Result<Acted> {
+    if let Some(write) = prepared.secret.take() {
+        let verb = write.verb();
+        match secret(ctx, role, write, &mut changed_meanwhile).await? {
+            Written::Done => secret_written(ctx, prepared.issued),
+            Written::Skipped => return Ok(Acted::Done(Action::await_change())),
+            Written::Conflict(e) => return Ok(Acted::SecretConflict(verb, e)),
+        }
+    }
+    if let Some(patch) = prepared.status.take()
+        && let Written::Conflict(error) = status(ctx, role, &patch).await?
+    {
+        return Ok(Acted::StatusConflict {
+            error,
+            rest: Box::new(prepared),
+            changed_meanwhile,
+        });
+    }
+    Ok(Acted::Done(
+        finish(ctx, role, prepared, changed_meanwhile).await,
+    ))
+}
+
 /// What came of a write that may conflict (409: the object changed since it was observed).
-pub enum Written {
+enum Written {
     Done,
     /// Not sent: this replica no longer leads.
     Skipped,
@@ -30,7 +75,7 @@ pub enum Written {
 /// Sends the Secret's write; `changed_meanwhile` is set when someone else changed the Secret
 /// right after it (the reconcile then looks again soon). A failure other than a conflict
 /// publishes a Warning Event and is returned (the object backs off).
-pub async fn secret(
+async fn secret(
     ctx: &Context,
     role: &AWSIAMRole,
     write: SecretWrite,
@@ -89,11 +134,7 @@ pub async fn secret_write_failed(
 /// resourceVersion of), when this replica leads; remembers the version it wrote, so that a
 /// reconcile before the watch shows it reads the object live.
 #[instrument(name = "status_write", skip_all)]
-pub async fn status(
-    ctx: &Context,
-    role: &AWSIAMRole,
-    patch: &serde_json::Value,
-) -> Result<Written> {
+async fn status(ctx: &Context, role: &AWSIAMRole, patch: &serde_json::Value) -> Result<Written> {
     if !ctx.may_write("status") {
         return Ok(Written::Skipped);
     }
@@ -123,7 +164,7 @@ pub async fn status(
 
 /// The rest of a pass once its writes are done: the gauges, the Events, the log line of an
 /// issue, and the requeue as an `Action`.
-pub async fn finish(
+async fn finish(
     ctx: &Context,
     role: &AWSIAMRole,
     prepared: Prepared,
@@ -149,7 +190,7 @@ pub async fn finish(
 }
 
 /// Logs and counts a Secret written by a pass.
-pub fn secret_written(ctx: &Context, issued: Option<super::plan::IssueReason>) {
+fn secret_written(ctx: &Context, issued: Option<super::plan::IssueReason>) {
     match issued {
         Some(reason) => {
             ctx.metrics.issued(reason.as_str());
@@ -197,7 +238,7 @@ fn next_action(ctx: &Context, key: &RoleKey, requeue: Requeue, changed_meanwhile
 /// `UpdateCredentials`: one per issue, never a repeat) are created directly, so the
 /// recorder's cache, which it scans on every publish, stays as small as the number of recent
 /// warnings instead of the number of roles.
-pub async fn event(ctx: &Context, role: &AWSIAMRole, note: Note) {
+async fn event(ctx: &Context, role: &AWSIAMRole, note: Note) {
     if !ctx.may_write("event") {
         return;
     }

@@ -18,11 +18,11 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use super::act::{self, Written};
+use super::act::{self, Acted};
 use super::context::Context;
 use super::key::RoleKey;
 use super::known::Observation;
-use super::plan::{self, Observed, Plan, Resolution, Writes};
+use super::plan::{self, Observed, Plan, Resolution};
 use super::secret::Known;
 use crate::aws::{IssueError, IssueRequest, IssuedCredentials};
 use crate::crd::AWSIAMRole;
@@ -210,14 +210,14 @@ async fn pass(ctx: &Context, seen: &Seen<'_>, answers: &mut Answers) -> Result<P
     let base = ctx.base_role_arn();
     let policy = ctx.policy.view(&seen.role);
     let obs = observed(ctx, seen, base.as_ref(), &policy);
-    let writes = match plan::decide(&obs) {
-        Plan::Write(writes) => writes,
+    let prepared = match plan::decide(&obs) {
+        Plan::Write(prepared) => prepared,
         Plan::Issue(mut issue) => loop {
             let Some((answer, at)) = answers.ask(ctx, &issue.request).await else {
                 return Ok(Passed::Done(Action::await_change()));
             };
             match plan::answer(&obs, &issue, answer, at) {
-                Resolution::Writes(writes) => break writes,
+                Resolution::Write(prepared) => break prepared,
                 Resolution::Chained(capped) => {
                     ctx.learned.mark_chained();
                     info!(
@@ -228,55 +228,29 @@ async fn pass(ctx: &Context, seen: &Seen<'_>, answers: &mut Answers) -> Result<P
             }
         },
     };
-    carry_out(ctx, &obs, writes).await
-}
-
-/// Sends the prepared writes: the Secret, then the status (prepared again against the live
-/// object when its patch conflicts), then the rest ([`act::finish`]).
-async fn carry_out(ctx: &Context, obs: &Observed<'_>, writes: Writes) -> Result<Passed> {
-    let role = obs.role;
-    let status_only = Writes {
-        secret: None,
-        ..writes.clone()
-    };
-    let mut prepared = plan::prepare(obs, writes);
-    // Someone else changed the Secret right after this write: look again soon.
-    let mut changed_meanwhile = false;
-    if let Some(write) = prepared.secret.take() {
-        let verb = write.verb();
-        match act::secret(ctx, role, write, &mut changed_meanwhile).await? {
-            Written::Done => act::secret_written(ctx, prepared.issued),
-            Written::Skipped => return Ok(Passed::Done(Action::await_change())),
-            Written::Conflict(e) => return Ok(Passed::Conflict(verb, e)),
+    match act::carry_out(ctx, obs.role, prepared, false).await? {
+        Acted::Done(action) => Ok(Passed::Done(action)),
+        Acted::SecretConflict(verb, e) => Ok(Passed::Conflict(verb, e)),
+        // The role moved on since it was observed (a newer generation, or this process's own
+        // write not in the cache yet): the status is judged again against the live object, and
+        // the rest of the pass carried out; a second conflict is an error (the object backs off).
+        Acted::StatusConflict {
+            rest,
+            changed_meanwhile,
+            ..
+        } => {
+            let live = read_role(ctx, obs.role).await?;
+            let (role, rest) = match &live {
+                Some(live) => (live, rest.rejudged(&Observed { role: live, ..obs })),
+                None => (obs.role, rest.without_status()),
+            };
+            match act::carry_out(ctx, role, rest, changed_meanwhile).await? {
+                Acted::Done(action) => Ok(Passed::Done(action)),
+                Acted::StatusConflict { error, .. } => Err(error.into()),
+                Acted::SecretConflict(verb, e) => Ok(Passed::Conflict(verb, e)),
+            }
         }
     }
-    if let Some(patch) = prepared.status.take()
-        && let Written::Conflict(_) = act::status(ctx, role, &patch).await?
-    {
-        // The role moved on since it was observed (a newer generation, or this process's own
-        // write not in the cache yet): the status is judged again against the live object.
-        prepared = match read_role(ctx, role).await? {
-            Some(live) => {
-                let again = plan::prepare(
-                    &Observed {
-                        role: &live,
-                        ..*obs
-                    },
-                    status_only,
-                );
-                if let Some(patch) = &again.status
-                    && let Written::Conflict(e) = act::status(ctx, &live, patch).await?
-                {
-                    return Err(e.into());
-                }
-                again
-            }
-            None => prepared.without_status(),
-        };
-    }
-    Ok(Passed::Done(
-        act::finish(ctx, role, prepared, changed_meanwhile).await,
-    ))
 }
 
 /// One `AssumeRole` call, counted in the metrics (its span names the role, never a credential); `None` when this replica is not the leader

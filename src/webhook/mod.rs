@@ -154,14 +154,7 @@ pub async fn start(
     policy: Option<PolicyCheck>,
     roles: Option<crate::controller::RoleView>,
 ) -> Result<Handle, crate::Error> {
-    if let TlsSource::SelfManaged(l) = &settings.tls {
-        l.validate().map_err(crate::Error::Config)?;
-    }
-    if settings.delivery.default == endpoint::Mode::Endpoint && settings.delivery.image.is_none() {
-        return Err(crate::Error::Config(
-            "--webhook-credentials=endpoint needs --webhook-sidecar-image".into(),
-        ));
-    }
+    validate(&settings)?;
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
         .map_err(|e| crate::Error::Config(format!("--webhook-addr {}: {e}", settings.addr)))?;
@@ -171,10 +164,50 @@ pub async fn start(
     let certs = Arc::new(server::CertStore::default());
     let tls = server::tls_config(certs.clone())
         .map_err(|e| crate::Error::Config(format!("webhook TLS: {e}")))?;
-    let mut tasks = Vec::new();
+    let (shared, mut tasks) = caches(&client, &settings, &metrics, policy, roles);
+    tasks.extend(certificates(
+        &client, &settings, &metrics, &certs, is_leader,
+    ));
+    let (phase, phase_rx) = tokio::sync::watch::channel(server::Phase::Serving);
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+    tasks.push(tokio::spawn(async move {
+        server::serve(listener, tls, router(shared), phase_rx).await;
+        stopped_tx.send_replace(true);
+    }));
+    info!(%addr, "admission webhook listening");
+    Ok(Handle {
+        addr,
+        certs,
+        tasks,
+        phase,
+        stopped,
+    })
+}
 
-    // The controller's own (trimmed) AWSIAMRole cache when the webhook runs beside it; a
-    // watch of its own otherwise.
+/// Settings the flags' parsers cannot check alone.
+fn validate(settings: &Settings) -> Result<(), crate::Error> {
+    if let TlsSource::SelfManaged(l) = &settings.tls {
+        l.validate().map_err(crate::Error::Config)?;
+    }
+    if settings.delivery.default == endpoint::Mode::Endpoint && settings.delivery.image.is_none() {
+        return Err(crate::Error::Config(
+            "--webhook-credentials=endpoint needs --webhook-sidecar-image".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What the handler reads, and the tasks that keep it current: the controller's own (trimmed)
+/// AWSIAMRole cache when the webhook runs beside it, a watch of its own otherwise; the
+/// ServiceAccounts' metadata.
+fn caches(
+    client: &Client,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    policy: Option<PolicyCheck>,
+    roles: Option<crate::controller::RoleView>,
+) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
+    let mut tasks = Vec::new();
     let (role_view, own_roles) = match roles {
         Some(view) => (view, None),
         None => {
@@ -231,45 +264,40 @@ pub async fn start(
             s.roles_ready.store(true, Ordering::SeqCst);
         }
     }));
+    (shared, tasks)
+}
 
+/// The tasks that keep `certs` current: following (and, on the leader, rotating) the
+/// self-managed certificate Secret, or following the mounted files.
+fn certificates(
+    client: &Client,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    certs: &Arc<server::CertStore>,
+    is_leader: IsLeader,
+) -> Vec<JoinHandle<()>> {
     match &settings.tls {
-        TlsSource::SelfManaged(l) => {
-            tasks.push(tokio::spawn(rotation::follow_secret(
+        TlsSource::SelfManaged(l) => vec![
+            tokio::spawn(rotation::follow_secret(
                 client.clone(),
                 settings.clone(),
                 certs.clone(),
                 metrics.clone(),
-            )));
-            tasks.push(tokio::spawn(rotation::rotate(
+            )),
+            tokio::spawn(rotation::rotate(
                 client.clone(),
                 settings.clone(),
                 *l,
                 is_leader,
-            )));
-        }
-        TlsSource::Files { cert, key } => {
-            tasks.push(tokio::spawn(rotation::follow_files(
-                cert.clone(),
-                key.clone(),
-                settings.check_interval,
-                certs.clone(),
-            )));
-        }
+            )),
+        ],
+        TlsSource::Files { cert, key } => vec![tokio::spawn(rotation::follow_files(
+            cert.clone(),
+            key.clone(),
+            settings.check_interval,
+            certs.clone(),
+        ))],
     }
-    let (phase, phase_rx) = tokio::sync::watch::channel(server::Phase::Serving);
-    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
-    tasks.push(tokio::spawn(async move {
-        server::serve(listener, tls, router(shared), phase_rx).await;
-        stopped_tx.send_replace(true);
-    }));
-    info!(%addr, "admission webhook listening");
-    Ok(Handle {
-        addr,
-        certs,
-        tasks,
-        phase,
-        stopped,
-    })
 }
 
 fn router(shared: Arc<Shared>) -> Router {

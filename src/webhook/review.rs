@@ -203,18 +203,7 @@ pub fn respond(
 ) -> (AdmissionResponse, &'static str) {
     let res = AdmissionResponse::from(req);
     let ns = req.namespace.as_deref().unwrap_or("default");
-    // The ServiceAccount binding judges a new pod, with the role it would be given, and a pod
-    // gaining ephemeral containers, as the admission policy does.
-    let injected = match req.operation {
-        Operation::Create => facts.choice.role(),
-        _ => None,
-    };
-    let judged = matches!(req.operation, Operation::Create)
-        || (matches!(req.operation, Operation::Update)
-            && req.sub_resource.as_deref() == Some("ephemeralcontainers"));
-    if let (Some(pod), true) = (req.object.as_ref(), judged)
-        && let Some(why) = binding::refusal(ns, pod, injected, &facts.bindings)
-    {
+    if let Some(why) = binding_refusal(req, facts, ns) {
         return (res.deny(why), result::DENIED);
     }
     let (Some(pod), Operation::Create) = (req.object.as_ref(), &req.operation) else {
@@ -223,48 +212,15 @@ pub fn respond(
     let Some(role) = facts.choice.role() else {
         return (res, result::SKIPPED);
     };
-    if let Some(why) = mutate::invalid_role_name(role) {
-        let source = match facts.choice {
-            Choice::ServiceAccount(_) => "the ServiceAccount's annotation",
-            _ => "the pod's label",
-        };
-        return (
-            res.deny(format!("{source} {}: {why}", mutate::ROLE_LABEL)),
-            result::DENIED,
-        );
-    }
     let injection = Injection {
         role: role.to_string(),
         region: region.map(str::to_string),
     };
-    let m = match (delivery.mode_for(pod), delivery.image.as_deref()) {
-        (Err(why), _) => return (res.deny(why), result::DENIED),
-        (Ok(Mode::Process), _) => mutate::mutate(pod, &injection),
-        (Ok(Mode::Endpoint), Some(image)) => endpoint::mutate(pod, &injection, image),
-        (Ok(Mode::Endpoint), None) => {
-            return (
-                res.deny(format!(
-                    "{} endpoint: this webhook has no --webhook-sidecar-image to run the credentials sidecar with",
-                    endpoint::MODE_ANNOTATION
-                )),
-                result::DENIED,
-            );
-        }
+    let m = match mutation(pod, &injection, &facts.choice, delivery) {
+        Ok(m) => m,
+        Err(why) => return (res.deny(why), result::DENIED),
     };
-    let mut warnings = Vec::new();
-    match &facts.role {
-        RoleState::Missing => warnings.push(format!(
-            "AWSIAMRole {ns}/{role} does not exist: the pod waits in ContainerCreating until its Secret exists"
-        )),
-        RoleState::NotReady { reason } => warnings.push(format!(
-            "AWSIAMRole {ns}/{role} is not Ready ({reason}): the pod may wait for its Secret"
-        )),
-        RoleState::Ready | RoleState::Unknown => {}
-    }
-    if let Some(reason) = &facts.not_permitted {
-        warnings.push(format!("AWSIAMRole {ns}/{role} is not permitted: {reason}"));
-    }
-    warnings.extend(m.warnings.iter().cloned());
+    let warnings = warnings(ns, role, facts, &m.warnings);
     let label = if m.is_empty() {
         result::UNCHANGED
     } else {
@@ -287,6 +243,64 @@ pub fn respond(
         res.warnings = Some(warnings);
     }
     (res, label)
+}
+
+/// The ServiceAccount binding's refusal: it judges a new pod, with the role it would be given,
+/// and a pod gaining ephemeral containers, as the admission policy does.
+fn binding_refusal(req: &AdmissionRequest<Pod>, facts: &Facts, ns: &str) -> Option<String> {
+    let injected = match req.operation {
+        Operation::Create => facts.choice.role(),
+        _ => None,
+    };
+    let judged = matches!(req.operation, Operation::Create)
+        || (matches!(req.operation, Operation::Update)
+            && req.sub_resource.as_deref() == Some("ephemeralcontainers"));
+    let pod = req.object.as_ref().filter(|_| judged)?;
+    binding::refusal(ns, pod, injected, &facts.bindings)
+}
+
+/// The mutation of `pod` in its delivery mode, or why the pod is refused (a role name that is
+/// not a Secret name, an unknown mode, no sidecar image).
+fn mutation(
+    pod: &Pod,
+    injection: &Injection,
+    choice: &Choice,
+    delivery: &Delivery,
+) -> Result<mutate::Mutation, String> {
+    if let Some(why) = mutate::invalid_role_name(&injection.role) {
+        let source = match choice {
+            Choice::ServiceAccount(_) => "the ServiceAccount's annotation",
+            _ => "the pod's label",
+        };
+        return Err(format!("{source} {}: {why}", mutate::ROLE_LABEL));
+    }
+    match (delivery.mode_for(pod)?, delivery.image.as_deref()) {
+        (Mode::Process, _) => Ok(mutate::mutate(pod, injection)),
+        (Mode::Endpoint, Some(image)) => Ok(endpoint::mutate(pod, injection, image)),
+        (Mode::Endpoint, None) => Err(format!(
+            "{} endpoint: this webhook has no --webhook-sidecar-image to run the credentials sidecar with",
+            endpoint::MODE_ANNOTATION
+        )),
+    }
+}
+
+/// What the caches say about the role, and the mutation's own warnings.
+fn warnings(ns: &str, role: &str, facts: &Facts, mutation: &[String]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    match &facts.role {
+        RoleState::Missing => warnings.push(format!(
+            "AWSIAMRole {ns}/{role} does not exist: the pod waits in ContainerCreating until its Secret exists"
+        )),
+        RoleState::NotReady { reason } => warnings.push(format!(
+            "AWSIAMRole {ns}/{role} is not Ready ({reason}): the pod may wait for its Secret"
+        )),
+        RoleState::Ready | RoleState::Unknown => {}
+    }
+    if let Some(reason) = &facts.not_permitted {
+        warnings.push(format!("AWSIAMRole {ns}/{role} is not permitted: {reason}"));
+    }
+    warnings.extend(mutation.iter().cloned());
+    warnings
 }
 
 #[cfg(test)]

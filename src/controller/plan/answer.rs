@@ -1,13 +1,14 @@
-//! STS's answer turned into the writes: the Secret, status and Events of an issue, a failure,
-//! or the one capped retry of role chaining. Pure.
+//! STS's answer turned into the writes, ready to send: the Secret, status and Events of an
+//! issue, a failure, or the one capped retry of role chaining. Pure.
 
 use super::*;
 
 /// What STS's answer to an [`Issue`] leads to.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "one per STS answer, moved once")]
 pub enum Resolution {
-    /// Carry these out.
-    Writes(Writes),
+    /// Send these.
+    Write(Prepared),
     /// STS refused the session length because the controller's credentials are a role session
     /// (role chaining caps sessions at one hour): remember that, and ask again at once with
     /// this capped request. At most once per reconcile: the capped request is within the cap.
@@ -37,7 +38,11 @@ pub fn answer(
                 ..issue.clone()
             })
         }
-        _ => Resolution::Writes(resolve(obs, issue, answer, now)),
+        // Prepared as of the answer's arrival.
+        _ => Resolution::Write(prepare(
+            &Observed { now, ..*obs },
+            resolve(obs, issue, answer, now),
+        )),
     }
 }
 

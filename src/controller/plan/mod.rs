@@ -128,9 +128,9 @@ impl Writes {
     }
 }
 
-/// The plan of one reconcile.
+/// What one reconcile decides, before it is prepared against what was observed.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Plan {
+pub enum Draft {
     /// No STS call.
     Write(Writes),
     /// Call STS; [`resolve`] turns the answer into the writes.
@@ -175,8 +175,8 @@ pub fn request_hash(request: &IssueRequest, requested_seconds: i64) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-fn not_ready(obs: &Observed<'_>, reason: &'static str, message: String, requeue: Requeue) -> Plan {
-    Plan::Write(Writes {
+fn not_ready(obs: &Observed<'_>, reason: &'static str, message: String, requeue: Requeue) -> Draft {
+    Draft::Write(Writes {
         status: Some(Outcome::NotReady {
             reason,
             message: message.clone(),
@@ -189,7 +189,7 @@ fn not_ready(obs: &Observed<'_>, reason: &'static str, message: String, requeue:
 
 /// The namespace role policy refuses the role: no STS call, credentials already in the Secret
 /// withdrawn, status and a Warning Event say why.
-fn deny(obs: &Observed<'_>, facts: Option<&Facts>, role_arn: &str, denial: Denial) -> Plan {
+fn deny(obs: &Observed<'_>, facts: Option<&Facts>, role_arn: &str, denial: Denial) -> Draft {
     let mut message = denial.message;
     if obs.secret.is_some() {
         message.push_str("; the Secret holds no credentials");
@@ -203,7 +203,7 @@ fn deny(obs: &Observed<'_>, facts: Option<&Facts>, role_arn: &str, denial: Denia
             Content::Withdrawn { issuance: None },
         )
     });
-    Plan::Write(Writes {
+    Draft::Write(Writes {
         secret,
         status: Some(Outcome::Withdrawn {
             reason: "RoleNotPermitted",
@@ -280,8 +280,27 @@ fn judge(obs: &Observed<'_>, stored: &Stored, role_arn: &str, hash: &str) -> Opt
     }
 }
 
-/// Decides the whole reconcile from what was observed.
+/// The plan of one pass, ready to carry out.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "one per pass, moved once")]
+pub enum Plan {
+    /// No STS call: send these.
+    Write(Prepared),
+    /// Call STS; [`answer`] turns the answer into what to send.
+    Issue(Issue),
+}
+
+/// Decides the whole pass from what was observed: the writes ready to send, or the STS call to
+/// make first.
 pub fn decide(obs: &Observed<'_>) -> Plan {
+    match draft(obs) {
+        Draft::Write(writes) => Plan::Write(prepare(obs, writes)),
+        Draft::Issue(issue) => Plan::Issue(issue),
+    }
+}
+
+/// Decides what the role needs from what was observed.
+pub fn draft(obs: &Observed<'_>) -> Draft {
     let facts = obs.secret.map(|s| secret::facts(s, obs.known, obs.role));
     match ask(obs, facts.as_ref()) {
         Ok(asked) => keep_or_issue(obs, facts, asked),
@@ -302,7 +321,7 @@ struct Asked {
 
 /// The request the role makes, or the plan when it cannot be asked (an invalid spec, a
 /// foreign Secret, a bad reference, a refusal, an unknown identity or Namespace).
-fn ask(obs: &Observed<'_>, facts: Option<&Facts>) -> Result<Asked, Box<Plan>> {
+fn ask(obs: &Observed<'_>, facts: Option<&Facts>) -> Result<Asked, Box<Draft>> {
     let role = obs.role;
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
     if let Some(problem) = &role.spec.invalid {
@@ -377,7 +396,7 @@ fn verdict(
     obs: &Observed<'_>,
     facts: Option<&Facts>,
     arn: &RoleArn,
-) -> Result<Option<Denial>, Box<Plan>> {
+) -> Result<Option<Denial>, Box<Draft>> {
     match obs.policy.judge(arn, obs.base_role_arn) {
         Judgement::IdentityUnknown => Err(Box::new(not_ready(
             obs,
@@ -385,7 +404,7 @@ fn verdict(
             "the controller does not know its own identity yet (STS GetCallerIdentity fails): nothing is issued until it does; the Secret keeps what it holds".into(),
             Requeue::Backoff(backoff(obs)),
         ))),
-        Judgement::NamespaceUnknown(_) => Err(Box::new(Plan::Write(Writes::nothing(
+        Judgement::NamespaceUnknown(_) => Err(Box::new(Draft::Write(Writes::nothing(
             Requeue::After(
                 obs.settings
                     .backoff_base
@@ -402,7 +421,7 @@ fn verdict(
 
 /// Keeps the stored credentials while they are the ones asked for and outside the refresh
 /// window (repairing the Secret's metadata if needed), or plans the STS call.
-fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Plan {
+fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Draft {
     let Asked {
         request,
         role_arn,
@@ -413,7 +432,7 @@ fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Plan
     let role = obs.role;
     let (stored, withdrawn) = facts.map_or((None, None), |f| (f.stored, f.withdrawn));
     if let Some(wait) = refused_lately(obs, withdrawn.as_ref(), &request_hash) {
-        return Plan::Write(Writes::nothing(Requeue::After(wait)));
+        return Draft::Write(Writes::nothing(Requeue::After(wait)));
     }
     let reason = match &stored {
         None if obs.secret.is_some() => Some(IssueReason::Unreadable),
@@ -432,7 +451,7 @@ fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Plan
         _ => None,
     };
     let Some((stored, refresh)) = keep else {
-        return Plan::Issue(Issue {
+        return Draft::Issue(Issue {
             request,
             reason: reason.unwrap_or(IssueReason::Expiring),
             length,
@@ -452,7 +471,7 @@ fn keep_or_issue(obs: &Observed<'_>, facts: Option<Facts>, asked: Asked) -> Plan
     };
     let desired = secret::desired(obs.secret, role, &role_arn, content);
     let repair = obs.secret.is_none_or(|s| secret::needs_repair(s, &desired));
-    Plan::Write(Writes {
+    Draft::Write(Writes {
         secret: repair.then_some(desired),
         status: Some(ready(
             &role_arn,
@@ -580,7 +599,7 @@ mod tests {
     /// The Secret a successful issue for `role` at `issued` writes.
     fn issued_secret(role: &AWSIAMRole, settings: &Settings, lifetime: i64) -> Secret {
         let o = obs(role, None, settings);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("expected an issue")
         };
         let w = resolve(&o, &issue, Ok(creds(lifetime)), now());
@@ -598,10 +617,10 @@ mod tests {
             .expect("withdrawn")
     }
 
-    fn issue_reason(plan: &Plan) -> Option<IssueReason> {
+    fn issue_reason(plan: &Draft) -> Option<IssueReason> {
         match plan {
-            Plan::Issue(i) => Some(i.reason),
-            Plan::Write(_) => None,
+            Draft::Issue(i) => Some(i.reason),
+            Draft::Write(_) => None,
         }
     }
 
@@ -610,7 +629,7 @@ mod tests {
         let s = settings();
         let r = role(ARN, 1);
         assert_eq!(
-            issue_reason(&decide(&obs(&r, None, &s))),
+            issue_reason(&draft(&obs(&r, None, &s))),
             Some(IssueReason::Missing)
         );
         let mut damaged = issued_secret(&r, &s, 3600);
@@ -620,7 +639,7 @@ mod tests {
             .expect("data")
             .remove("credentials.json");
         assert_eq!(
-            issue_reason(&decide(&obs(&r, Some(&damaged), &s))),
+            issue_reason(&draft(&obs(&r, Some(&damaged), &s))),
             Some(IssueReason::Unreadable)
         );
     }
@@ -630,7 +649,7 @@ mod tests {
         let s = settings();
         let r = role(ARN, 1);
         let secret = issued_secret(&r, &s, 3600);
-        let Plan::Write(w) = decide(&obs(&r, Some(&secret), &s)) else {
+        let Draft::Write(w) = draft(&obs(&r, Some(&secret), &s)) else {
             panic!("kept")
         };
         assert_eq!(w.secret, None, "nothing to repair");
@@ -644,7 +663,7 @@ mod tests {
         let s = settings();
         let r = role(ARN, 1);
         let o = obs(&r, None, &s);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         let w = resolve(&o, &issue, Ok(creds(300)), now());
@@ -652,9 +671,9 @@ mod tests {
         let secret = w.secret.expect("secret");
         let mut later = obs(&r, Some(&secret), &s);
         later.now = now() + secs(100);
-        assert!(matches!(decide(&later), Plan::Write(_)), "kept at 100 s");
+        assert!(matches!(draft(&later), Draft::Write(_)), "kept at 100 s");
         later.now = now() + secs(151);
-        assert_eq!(issue_reason(&decide(&later)), Some(IssueReason::Expiring));
+        assert_eq!(issue_reason(&draft(&later)), Some(IssueReason::Expiring));
     }
 
     #[test]
@@ -697,7 +716,7 @@ mod tests {
         let mut without = obs(&r, Some(&meta), &s);
         without.known = Some(&known);
         // Fresh: kept, nothing written, same requeue and status.
-        let (Plan::Write(a), Plan::Write(b)) = (decide(&with_data), decide(&without)) else {
+        let (Draft::Write(a), Draft::Write(b)) = (draft(&with_data), draft(&without)) else {
             panic!("kept")
         };
         assert_eq!(b.secret, None);
@@ -705,7 +724,7 @@ mod tests {
         // Expiring: issued for the same reason, and the patch sets every credentials key.
         with_data.now = now() + secs(2800);
         without.now = now() + secs(2800);
-        let (Plan::Issue(ia), Plan::Issue(ib)) = (decide(&with_data), decide(&without)) else {
+        let (Draft::Issue(ia), Draft::Issue(ib)) = (draft(&with_data), draft(&without)) else {
             panic!("issue")
         };
         assert_eq!((ia.reason, &ia.request), (ib.reason, &ib.request));
@@ -724,7 +743,7 @@ mod tests {
             .insert("team".into(), "a".into());
         let mut o = obs(&labelled, Some(&meta), &s);
         o.known = Some(&known);
-        let Plan::Write(w) = decide(&o) else {
+        let Draft::Write(w) = draft(&o) else {
             panic!("kept")
         };
         let desired = w.secret.expect("repair");
@@ -740,7 +759,7 @@ mod tests {
         let mut o = obs(&r, Some(&meta), &s);
         o.known = Some(&known);
         o.policy = &deny;
-        let Plan::Write(w) = decide(&o) else {
+        let Draft::Write(w) = draft(&o) else {
             panic!("denied")
         };
         let patch = secret::merge_patch(&meta, &w.secret.expect("withdrawal"));
@@ -756,7 +775,7 @@ mod tests {
         let r = role(ARN, 1);
         let mut o = obs(&r, None, &s);
         o.jitter = 1.0;
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         // 4 s of life: half-life 2 s is below the 5 s backoff base.
@@ -781,7 +800,7 @@ mod tests {
         let s = settings();
         let r = role(ARN, 1);
         let mut o = obs(&r, None, &s);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         let denied = IssueError {
@@ -820,7 +839,7 @@ mod tests {
         let secret = issued_secret(&first, &s, 3600);
         let other = role("arn:aws:iam::123456789012:role/other", 2);
         let o = obs(&other, Some(&secret), &s);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         assert_eq!(issue.reason, IssueReason::SpecChanged);
@@ -840,16 +859,16 @@ mod tests {
         let ws = withdrawn_secret(&o, &issue);
         let mut again = obs(&other, Some(&ws), &s);
         assert!(matches!(
-            decide(&again),
-            Plan::Write(Writes { secret: None, .. })
+            draft(&again),
+            Draft::Write(Writes { secret: None, .. })
         ));
         again.now = now() + secs(241);
-        assert_eq!(issue_reason(&decide(&again)), Some(IssueReason::Unreadable));
+        assert_eq!(issue_reason(&draft(&again)), Some(IssueReason::Unreadable));
         // Same role, other policy: the old credentials (of the role the spec names) stay.
         let mut narrower = role(ARN, 2);
         narrower.spec.policy = Some("{}".into());
         let o = obs(&narrower, Some(&secret), &s);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         assert_eq!(resolve(&o, &issue, Err(denied), now()).secret, None);
@@ -862,32 +881,32 @@ mod tests {
         let secret = issued_secret(&r, &s, 3600);
         let mut relabelled = r.clone();
         relabelled.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
-        let Plan::Write(w) = decide(&obs(&relabelled, Some(&secret), &s)) else {
+        let Draft::Write(w) = draft(&obs(&relabelled, Some(&secret), &s)) else {
             panic!("a label is no reason to call STS")
         };
         assert!(w.secret.is_some(), "but the label is written");
         let mut recreated = r.clone();
         recreated.metadata.uid = Some("uid-2".into());
         assert_eq!(
-            issue_reason(&decide(&obs(&recreated, Some(&secret), &s))),
+            issue_reason(&draft(&obs(&recreated, Some(&secret), &s))),
             Some(IssueReason::Recreated)
         );
         let mut longer = r.clone();
         longer.spec.role_session_duration = 7200;
         assert_eq!(
-            issue_reason(&decide(&obs(&longer, Some(&secret), &s))),
+            issue_reason(&draft(&obs(&longer, Some(&secret), &s))),
             Some(IssueReason::SpecChanged)
         );
         let mut policy = r.clone();
         policy.spec.policy = Some("{}".into());
         assert_eq!(
-            issue_reason(&decide(&obs(&policy, Some(&secret), &s))),
+            issue_reason(&draft(&obs(&policy, Some(&secret), &s))),
             Some(IssueReason::SpecChanged)
         );
         let mut tagged = settings();
         tagged.sts_options.external_id = Some("ext-1".into());
         assert_eq!(
-            issue_reason(&decide(&obs(&r, Some(&secret), &tagged))),
+            issue_reason(&draft(&obs(&r, Some(&secret), &tagged))),
             Some(IssueReason::SpecChanged),
             "changed session options"
         );
@@ -898,13 +917,13 @@ mod tests {
         let s = settings();
         let mut r = role(ARN, 1);
         r.spec.invalid = Some("missing field `roleReference`".into());
-        let Plan::Write(w) = decide(&obs(&r, None, &s)) else {
+        let Draft::Write(w) = draft(&obs(&r, None, &s)) else {
             panic!("no STS")
         };
         assert_eq!(w.requeue, Requeue::AwaitChange);
         assert_eq!(w.events[0].reason, "InvalidSpec");
         let bare = role("app", 1);
-        let Plan::Write(w) = decide(&obs(&bare, None, &s)) else {
+        let Draft::Write(w) = draft(&obs(&bare, None, &s)) else {
             panic!("no STS")
         };
         assert!(matches!(
@@ -924,7 +943,7 @@ mod tests {
         let deny = unannotated(crate::policy::PolicyMode::Enforce);
         let mut o = obs(&r, Some(&secret), &s);
         o.policy = &deny;
-        let Plan::Write(w) = decide(&o) else {
+        let Draft::Write(w) = draft(&o) else {
             panic!("no STS for a refused role")
         };
         let data = w.secret.expect("withdrawn").data.expect("data");
@@ -938,7 +957,7 @@ mod tests {
         ));
         let pending = PolicyView::NamespaceUnknown("not in the cache yet");
         o.policy = &pending;
-        let Plan::Write(w) = decide(&o) else {
+        let Draft::Write(w) = draft(&o) else {
             panic!("no STS while pending")
         };
         assert_eq!(
@@ -954,7 +973,7 @@ mod tests {
         let mut delays = Vec::new();
         for jitter in [0.0, 1.0] {
             o.jitter = jitter;
-            let Plan::Write(w) = decide(&o) else {
+            let Draft::Write(w) = draft(&o) else {
                 panic!("no STS without the controller's identity")
             };
             assert_eq!(w.secret, None, "neither issue nor withdraw");
@@ -973,7 +992,7 @@ mod tests {
         (o.jitter, o.failures) = (0.0, 0);
         let audit = unannotated(crate::policy::PolicyMode::Audit);
         o.policy = &audit;
-        let Plan::Write(w) = decide(&o) else {
+        let Draft::Write(w) = draft(&o) else {
             panic!("kept")
         };
         assert_eq!(w.events[0].reason, "PolicyWouldDeny");
@@ -986,7 +1005,7 @@ mod tests {
         let mut r = role(ARN, 1);
         r.spec.role_session_duration = 7200;
         let o = obs(&r, None, &s);
-        let Plan::Issue(issue) = decide(&o) else {
+        let Draft::Issue(issue) = draft(&o) else {
             panic!("issue")
         };
         assert_eq!(issue.request.duration_seconds, 7200);
@@ -1005,19 +1024,21 @@ mod tests {
             "the same request, capped"
         );
         // The capped request refused the same way is a failure like any other: no loop.
-        let Resolution::Writes(w) = answer(&o, &capped, Err(chaining), now()) else {
+        let Resolution::Write(p) = answer(&o, &capped, Err(chaining), now()) else {
             panic!("no second retry")
         };
-        assert!(
-            matches!(w.status, Some(Outcome::NotReady { .. })),
-            "{:?}",
-            w.status
+        assert_eq!(
+            p.gauge.map(|g| g.ready),
+            Some(false),
+            "not ready: {:?}",
+            p.status
         );
+        assert!(p.secret.is_none());
         // Any other answer resolves as before.
-        let Resolution::Writes(w) = answer(&o, &capped, Ok(creds(3600)), now()) else {
+        let Resolution::Write(p) = answer(&o, &capped, Ok(creds(3600)), now()) else {
             panic!("writes")
         };
-        assert!(w.secret.is_some());
+        assert!(p.secret.is_some());
     }
 
     #[test]

@@ -51,9 +51,17 @@ pub struct Prepared {
     /// Set when `secret` holds newly issued credentials.
     pub issued: Option<IssueReason>,
     pub policy: Option<PolicyState>,
+    /// What the status and Events were prepared from, for [`Prepared::rejudged`].
+    rest: Writes,
 }
 
 impl Prepared {
+    /// The status, its Events and the gauges judged again against `obs` (the object read live
+    /// after the status patch conflicted); the Secret is not written again.
+    pub fn rejudged(self, obs: &Observed<'_>) -> Prepared {
+        prepare(obs, self.rest)
+    }
+
     /// Without the status write (the object is gone or was replaced since it was observed):
     /// the Events that wait for a transition go with it.
     pub fn without_status(mut self) -> Self {
@@ -65,6 +73,10 @@ impl Prepared {
 
 /// Makes `writes` ready to send against `obs` (its role and Secret as observed).
 pub fn prepare(obs: &Observed<'_>, writes: Writes) -> Prepared {
+    let rest = Writes {
+        secret: None,
+        ..writes.clone()
+    };
     let Writes {
         secret,
         status,
@@ -109,6 +121,7 @@ pub fn prepare(obs: &Observed<'_>, writes: Writes) -> Prepared {
         requeue,
         issued,
         policy,
+        rest,
     }
 }
 
