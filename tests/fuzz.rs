@@ -735,7 +735,7 @@ fn fuzz_lenient_awsiamrole_spec_decoding_run() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The credentials Secret (src/controller/secret.rs, known.rs) and the metadata cache (cache.rs)
+// The credentials Secret (src/controller/secret/, known.rs) and the metadata cache (cache.rs)
 
 fn instant() -> impl Strategy<Value = DateTime<Utc>> {
     // 1970 to 9999: what RFC 3339 can write.

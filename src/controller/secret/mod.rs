@@ -1,4 +1,5 @@
-//! The credentials Secret: rendering it (byte-compatible with the Go controller) and reading it back. Pure.
+//! The credentials Secret: rendering it (byte-compatible with the Go controller) here; reading
+//! it back in [`read`], comparing it with the desired one in [`compare`]. Pure.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::IssuedCredentials;
 use crate::crd::AWSIAMRole;
+
+mod compare;
+mod read;
+
+use compare::is_role_reference;
+pub use compare::{merge_patch, needs_repair};
+pub use read::*;
 
 pub const CREDENTIALS_KEY: &str = "credentials";
 pub const CREDENTIALS_PROCESS_KEY: &str = "credentials.process";
@@ -324,346 +332,6 @@ pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> S
     )
 }
 
-/// The JSON merge patch that turns `existing` into `desired` (both whole Secrets): our data
-/// keys, labels and annotations set, the ones to drop `null`, the owner references replaced,
-/// and `existing`'s resourceVersion as the precondition. When `desired` withdraws the
-/// credentials ([`is_withdrawal`]) every one of [`WITHDRAWN_KEYS`] is `null`ed, so a patch
-/// computed from a Secret observed without its data (metadata from the watch cache) still
-/// removes them; a `desired` that leaves the data as it is ([`Content::Unchanged`]) patches no
-/// data at all. Pure.
-pub fn merge_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
-    use serde_json::{Map, Value};
-    fn diff<V: Serialize>(
-        have: Option<&BTreeMap<String, V>>,
-        want: Option<&BTreeMap<String, V>>,
-    ) -> Value {
-        let mut out = Map::new();
-        for k in have.into_iter().flat_map(|m| m.keys()) {
-            if !want.is_some_and(|w| w.contains_key(k)) {
-                out.insert(k.clone(), Value::Null);
-            }
-        }
-        for (k, v) in want.into_iter().flatten() {
-            out.insert(k.clone(), serde_json::to_value(v).unwrap_or(Value::Null));
-        }
-        Value::Object(out)
-    }
-    let mut data = diff(existing.data.as_ref(), desired.data.as_ref());
-    if is_withdrawal(desired)
-        && let Value::Object(map) = &mut data
-    {
-        for key in WITHDRAWN_KEYS {
-            map.insert(key.to_string(), Value::Null);
-        }
-    }
-    serde_json::json!({
-        "metadata": {
-            "resourceVersion": existing.metadata.resource_version,
-            "labels": diff(existing.metadata.labels.as_ref(), desired.metadata.labels.as_ref()),
-            "annotations": diff(
-                existing.metadata.annotations.as_ref(),
-                desired.metadata.annotations.as_ref(),
-            ),
-            "ownerReferences": desired.metadata.owner_references,
-        },
-        "data": data,
-    })
-}
-
-fn is_role_reference(r: &OwnerReference) -> bool {
-    r.kind == "AWSIAMRole" && r.api_version.starts_with("zalando.org/")
-}
-
-/// True when writing `desired` would change what `existing` means: a data key we write holds
-/// different credentials, times, ARN or content; a label, annotation or owner we set differs.
-/// Byte differences that mean the same (a fraction of a second the Go controller keeps,
-/// spacing) are not a reason to write.
-pub fn needs_repair(existing: &Secret, desired: &Secret) -> bool {
-    // `desired` is built on `existing`: any difference is one we make. The list of copied
-    // label keys is bookkeeping, written along with the next write, never a reason for one.
-    let bookkeeping = |s: &Secret| {
-        let mut a = s.annotations().clone();
-        a.remove(COPIED_LABELS_ANNOTATION);
-        a
-    };
-    let uids = |s: &Secret| -> Vec<String> {
-        let mut v: Vec<String> = s.owner_references().iter().map(|o| o.uid.clone()).collect();
-        v.sort();
-        v
-    };
-    let empty = BTreeMap::new();
-    let have = existing.data.as_ref().unwrap_or(&empty);
-    let want = desired.data.as_ref().unwrap_or(&empty);
-    let data_same = have.len() == want.len()
-        && want
-            .iter()
-            .all(|(k, v)| have.get(k).is_some_and(|h| same_meaning(k, h, v)));
-    existing.labels() != desired.labels()
-        || bookkeeping(existing) != bookkeeping(desired)
-        || uids(existing) != uids(desired)
-        || !data_same
-}
-
-fn same_meaning(key: &str, have: &ByteString, want: &ByteString) -> bool {
-    let (Ok(h), Ok(w)) = (std::str::from_utf8(&have.0), std::str::from_utf8(&want.0)) else {
-        return have == want;
-    };
-    match key {
-        EXPIRE_KEY => same_instant(h.trim(), w.trim(), Precision::Seconds),
-        CREDENTIALS_JSON_KEY => {
-            match (
-                serde_json::from_str::<ProcessCredentials>(h),
-                serde_json::from_str::<ProcessCredentials>(w),
-            ) {
-                (Ok(h), Ok(w)) => {
-                    h.version == w.version
-                        && h.access_key_id == w.access_key_id
-                        && h.secret_access_key == w.secret_access_key
-                        && h.session_token == w.session_token
-                        && same_instant(&h.expiration, &w.expiration, Precision::Exact)
-                }
-                _ => false,
-            }
-        }
-        CREDENTIALS_KEY => {
-            let (h, w) = (ini(h), ini(w));
-            h.len() == w.len()
-                && w.iter().all(|(k, v)| match h.get(k) {
-                    Some(hv) if *k == "aws_expiration" => same_instant(hv, v, Precision::Seconds),
-                    Some(hv) => hv == v,
-                    None => false,
-                })
-        }
-        _ => h.trim() == w.trim(),
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Precision {
-    Seconds,
-    Exact,
-}
-
-fn same_instant(a: &str, b: &str, precision: Precision) -> bool {
-    match (
-        DateTime::parse_from_rfc3339(a),
-        DateTime::parse_from_rfc3339(b),
-    ) {
-        (Ok(a), Ok(b)) => match precision {
-            Precision::Seconds => a.timestamp() == b.timestamp(),
-            Precision::Exact => a == b,
-        },
-        _ => false,
-    }
-}
-
-/// `key = value` lines of an INI file (sections ignored: the file has one).
-fn ini(text: &str) -> BTreeMap<&str, &str> {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
-}
-
-/// What a Secret of the AWSIAMRole's name is to us.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ownership {
-    /// Owner reference to this AWSIAMRole's UID (ours, or the Go controller's: we take it over).
-    Owned,
-    /// No owner reference at all but our heritage and type labels: a seed Secret written to be adopted.
-    Adoptable,
-    /// Anything else: never touched.
-    Foreign,
-}
-
-pub fn ownership(secret: &Secret, role: &AWSIAMRole) -> Ownership {
-    let uid = role.meta().uid.as_deref();
-    let refs = secret
-        .metadata
-        .owner_references
-        .as_deref()
-        .unwrap_or_default();
-    // An owner reference to this AWSIAMRole, or to an earlier AWSIAMRole of the same name
-    // (deleted and created again before the old Secret was cleaned up).
-    let ours = |r: &OwnerReference| {
-        r.kind == "AWSIAMRole"
-            && r.api_version.starts_with("zalando.org/")
-            && (Some(r.uid.as_str()) == uid || r.name == role.name_any())
-    };
-    if refs.iter().any(ours) {
-        return Ownership::Owned;
-    }
-    let labels = secret.labels();
-    let labelled = labels.get(HERITAGE_LABEL).map(String::as_str) == Some(HERITAGE_VALUE)
-        && labels.get(TYPE_LABEL).map(String::as_str) == Some(TYPE_VALUE);
-    if refs.is_empty() && labelled {
-        Ownership::Adoptable
-    } else {
-        Ownership::Foreign
-    }
-}
-
-/// What the controller needs to know about the credentials already in a Secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    pub role_arn: String,
-    pub generation: i64,
-    pub expiration: DateTime<Utc>,
-    /// The credentials themselves; `None` in a [`Known`] summary, which keeps none in memory.
-    pub credentials: Option<IssuedCredentials>,
-    /// What they were issued for; `None` for Secrets written by the Go controller or by
-    /// earlier versions, which are judged by generation and role ARN instead.
-    pub issuance: Option<Issuance>,
-}
-
-fn text<'a>(data: &'a BTreeMap<String, ByteString>, key: &str) -> Option<&'a str> {
-    data.get(key).and_then(|b| std::str::from_utf8(&b.0).ok())
-}
-
-/// The request a Secret without credentials was withdrawn for (see [`Content::Withdrawn`]).
-pub fn withdrawn(secret: &Secret) -> Option<Issuance> {
-    let holds_json = secret
-        .data
-        .as_ref()
-        .is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY));
-    withdrawn_given(secret, holds_json)
-}
-
-/// [`withdrawn`] for a Secret observed without its data, which `holds_json` describes.
-pub fn withdrawn_given(secret: &Secret, holds_json: bool) -> Option<Issuance> {
-    if holds_json || !secret.annotations().contains_key(WITHDRAWN_ANNOTATION) {
-        return None;
-    }
-    issuance(secret)
-}
-
-/// What the Secret's annotations say its credentials were issued for.
-pub fn issuance(secret: &Secret) -> Option<Issuance> {
-    let annotations = secret.annotations();
-    Some(Issuance {
-        owner_uid: annotations.get(OWNER_UID_ANNOTATION)?.clone(),
-        request_hash: annotations.get(REQUEST_HASH_ANNOTATION)?.clone(),
-        issued_at: DateTime::parse_from_rfc3339(annotations.get(ISSUED_AT_ANNOTATION)?)
-            .ok()?
-            .with_timezone(&Utc),
-    })
-}
-
-/// Reads the credentials back; `None` when any key is missing, malformed or inconsistent,
-/// in which case the Secret cannot be trusted and new credentials are issued.
-pub fn read(secret: &Secret) -> Option<Stored> {
-    let data = secret.data.as_ref()?;
-    let json: ProcessCredentials = serde_json::from_str(text(data, CREDENTIALS_JSON_KEY)?).ok()?;
-    let expiration = DateTime::parse_from_rfc3339(&json.expiration)
-        .ok()?
-        .with_timezone(&Utc);
-    let generation = text(data, GENERATION_KEY)?.trim().parse().ok()?;
-    let role_arn = text(data, ROLE_ARN_KEY)?.to_string();
-    if json.version != 1 || json.access_key_id.is_empty() || json.secret_access_key.is_empty() {
-        return None;
-    }
-    let credentials = IssuedCredentials {
-        access_key_id: json.access_key_id,
-        secret_access_key: json.secret_access_key,
-        session_token: json.session_token,
-        expiration,
-    };
-    let issuance = issuance(secret);
-    Some(Stored {
-        role_arn,
-        generation,
-        expiration,
-        credentials: Some(credentials),
-        issuance,
-    })
-}
-
-/// What one version of a Secret held, as this process last wrote or read it in full: while the
-/// watch cache shows the Secret at that resourceVersion, a reconcile decides from the cached
-/// metadata and this summary, without reading the data (or holding credentials) again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Known {
-    pub resource_version: String,
-    /// What the data says of its credentials; `None` when it could not be read back.
-    pub credentials: Option<KnownCredentials>,
-    /// Any of [`WITHDRAWN_KEYS`] is present.
-    pub holds_credentials: bool,
-    /// `credentials.json` is present.
-    pub holds_json: bool,
-}
-
-/// The part of [`Stored`] a [`Known`] keeps: no credentials, and no issuance (the cached
-/// metadata's annotations carry it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KnownCredentials {
-    pub role_arn: String,
-    pub generation: i64,
-    pub expiration: DateTime<Utc>,
-}
-
-impl Known {
-    /// The [`Stored`] view of the Secret `metadata` (observed without its data) at this version.
-    pub fn stored(&self, metadata: &Secret) -> Option<Stored> {
-        self.credentials.as_ref().map(|c| Stored {
-            role_arn: c.role_arn.clone(),
-            generation: c.generation,
-            expiration: c.expiration,
-            credentials: None,
-            issuance: issuance(metadata),
-        })
-    }
-
-    /// The summary of `secret` (read in full: from the API server or a write's response).
-    pub fn of(secret: &Secret) -> Option<Known> {
-        Some(Known {
-            resource_version: secret.metadata.resource_version.clone()?,
-            credentials: read(secret).map(|s| KnownCredentials {
-                role_arn: s.role_arn,
-                generation: s.generation,
-                expiration: s.expiration,
-            }),
-            holds_credentials: holds_credentials(secret),
-            holds_json: secret
-                .data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(CREDENTIALS_JSON_KEY)),
-        })
-    }
-}
-
-/// What deciding needs to know of an observed Secret, read in one place: from the Secret in
-/// full, or from its metadata and the [`Known`] summary of its data.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Facts {
-    pub ownership: Ownership,
-    /// The credentials it holds, when readable.
-    pub stored: Option<Stored>,
-    /// The request its credentials were withdrawn for ([`withdrawn`]).
-    pub withdrawn: Option<Issuance>,
-    /// Any of the credential keys is present.
-    pub holds_credentials: bool,
-}
-
-/// The [`Facts`] of `secret` for `role`; `known` describes its data when it was observed
-/// without it.
-pub fn facts(secret: &Secret, known: Option<&Known>, role: &AWSIAMRole) -> Facts {
-    let ownership = ownership(secret, role);
-    match known {
-        Some(known) => Facts {
-            ownership,
-            stored: known.stored(secret),
-            withdrawn: withdrawn_given(secret, known.holds_json),
-            holds_credentials: known.holds_credentials,
-        },
-        None => Facts {
-            ownership,
-            stored: read(secret),
-            withdrawn: withdrawn(secret),
-            holds_credentials: holds_credentials(secret),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,15 +404,15 @@ mod tests {
         let d = render_data(&creds(), "arn:aws:iam::123456789012:role/app", 3);
         assert_eq!(
             s(&d, CREDENTIALS_KEY),
-            include_str!("../../tests/golden/credentials")
+            include_str!("../../../tests/golden/credentials")
         );
         assert_eq!(
             s(&d, CREDENTIALS_PROCESS_KEY),
-            include_str!("../../tests/golden/credentials.process")
+            include_str!("../../../tests/golden/credentials.process")
         );
         assert_eq!(
             s(&d, CREDENTIALS_JSON_KEY),
-            include_str!("../../tests/golden/credentials.json").trim_end()
+            include_str!("../../../tests/golden/credentials.json").trim_end()
         );
         assert_eq!(s(&d, EXPIRE_KEY), "2026-11-26T16:30:00Z");
         assert_eq!(s(&d, ROLE_ARN_KEY), "arn:aws:iam::123456789012:role/app");
