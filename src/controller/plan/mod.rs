@@ -378,7 +378,6 @@ fn refused_lately(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::AWSIAMRoleSpec;
 
     const ARN: &str = "arn:aws:iam::123456789012:role/app";
     const LIMIT: Duration = Duration::from_secs(15 * 60);
@@ -393,21 +392,12 @@ mod tests {
         chrono::Duration::seconds(n)
     }
 
+    /// The fixtures' role, in namespace `team` with UID `uid-1`, as a watch event has it.
     fn role(reference: &str, generation: i64) -> AWSIAMRole {
-        let mut r = AWSIAMRole::new(
-            "app",
-            AWSIAMRoleSpec {
-                role_reference: reference.into(),
-                role_session_duration: 3600,
-                policy: None,
-                policy_arns: Vec::new(),
-                service_account_names: None,
-                invalid: None,
-            },
-        );
+        let mut r = crate::controller::fixtures::role("app", reference, generation);
         r.metadata.namespace = Some("team".into());
         r.metadata.uid = Some("uid-1".into());
-        r.metadata.generation = Some(generation);
+        r.metadata.resource_version = None;
         r
     }
 

@@ -335,7 +335,6 @@ pub fn render(role: &AWSIAMRole, creds: &IssuedCredentials, role_arn: &str) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::AWSIAMRoleSpec;
 
     #[test]
     fn a_secret_read_in_full_and_one_known_at_its_version_give_the_same_facts() {
@@ -376,21 +375,12 @@ mod tests {
         }
     }
 
+    /// The fixtures' role, in namespace `team` with UID `uid-1` and a label.
     fn role() -> AWSIAMRole {
-        let mut r = AWSIAMRole::new(
-            "app",
-            AWSIAMRoleSpec {
-                role_reference: "app".into(),
-                role_session_duration: 3600,
-                policy: None,
-                policy_arns: Vec::new(),
-                service_account_names: None,
-                invalid: None,
-            },
-        );
+        let mut r = crate::controller::fixtures::role("app", "app", 3);
         r.metadata.namespace = Some("team".into());
         r.metadata.uid = Some("uid-1".into());
-        r.metadata.generation = Some(3);
+        r.metadata.resource_version = None;
         r.metadata.labels = Some([("application".to_string(), "x".to_string())].into());
         r
     }
