@@ -278,7 +278,7 @@ async fn start_webhook(
     settings: crate::webhook::Settings,
     roles: &controller::RoleCache,
 ) -> Result<Arc<crate::webhook::Handle>> {
-    let leader = ctx.clone();
+    let leader = ctx.leader.clone();
     let hook = crate::webhook::start(
         ctx.client.clone(),
         settings,

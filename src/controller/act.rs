@@ -81,7 +81,7 @@ async fn secret(
     write: SecretWrite,
     changed_meanwhile: &mut bool,
 ) -> Result<Written> {
-    if !ctx.may_write("secret") {
+    if !ctx.leader.may_write(&ctx.metrics, "secret") {
         return Ok(Written::Skipped);
     }
     let (ns, name) = (role.namespace().unwrap_or_default(), role.name_any());
@@ -135,7 +135,7 @@ pub async fn secret_write_failed(
 /// reconcile before the watch shows it reads the object live.
 #[instrument(name = "status_write", skip_all)]
 async fn status(ctx: &Context, role: &AWSIAMRole, patch: &serde_json::Value) -> Result<Written> {
-    if !ctx.may_write("status") {
+    if !ctx.leader.may_write(&ctx.metrics, "status") {
         return Ok(Written::Skipped);
     }
     // NOTE: a JSON merge patch, not server-side apply: apply must type the stored object
@@ -152,8 +152,8 @@ async fn status(ctx: &Context, role: &AWSIAMRole, patch: &serde_json::Value) -> 
         .await
     {
         Ok(written) => {
-            if let (Ok(mut m), Some(rv)) = (ctx.statuses.lock(), written.resource_version()) {
-                m.insert(RoleKey::of(role), rv);
+            if let Some(rv) = written.resource_version() {
+                ctx.statuses.wrote(RoleKey::of(role), rv);
             }
             Ok(Written::Done)
         }
@@ -239,7 +239,7 @@ fn next_action(ctx: &Context, key: &RoleKey, requeue: Requeue, changed_meanwhile
 /// recorder's cache, which it scans on every publish, stays as small as the number of recent
 /// warnings instead of the number of roles.
 async fn event(ctx: &Context, role: &AWSIAMRole, note: Note) {
-    if !ctx.may_write("event") {
+    if !ctx.leader.may_write(&ctx.metrics, "event") {
         return;
     }
     let (type_, action) = match note.severity {

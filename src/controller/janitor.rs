@@ -76,7 +76,7 @@ pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<Cac
                 continue;
             }
         }
-        if !ctx.may_write("delete") {
+        if !ctx.leader.may_write(&ctx.metrics, "delete") {
             return;
         }
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -95,9 +95,7 @@ pub async fn sweep(ctx: &Context, roles: &Store<AWSIAMRole>, secrets: &Store<Cac
     }
     let exists = |key: &RoleKey| roles.get(&key.to_ref()).is_some();
     ctx.secrets.retain(exists);
-    if let Ok(mut statuses) = ctx.statuses.lock() {
-        statuses.retain(|key, _| exists(key));
-    }
+    ctx.statuses.retain(exists);
     for key in ctx.metrics.tracked_roles() {
         if !exists(&key) {
             ctx.metrics.forget_role(&key);
@@ -122,7 +120,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if ctx.is_leader() {
+        if ctx.leader.is_leader() {
             sweep(&ctx, &roles, &secrets).await;
         }
     }

@@ -215,12 +215,81 @@ fn key(namespace: &str, name: &str) -> RoleKey {
     RoleKey::new(namespace, name)
 }
 
+/// The resourceVersion each AWSIAMRole got from this process's last status write, kept until
+/// the watch delivers it: a cached object at another version may be behind that write, and a
+/// status patch on it would conflict.
+#[derive(Debug, Default)]
+pub struct StatusWrites(Mutex<HashMap<RoleKey, String>>);
+
+impl StatusWrites {
+    /// This process wrote `key`'s status, which is now at `version`.
+    pub fn wrote(&self, key: RoleKey, version: String) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, version);
+        }
+    }
+
+    /// Whether the cached object (at resourceVersion `cached`) may be behind this process's
+    /// last status write of it: then the reconcile reads it live. A cache that shows the write
+    /// makes it forgotten.
+    pub fn behind(&self, key: &RoleKey, cached: Option<&str>) -> bool {
+        let Ok(mut written) = self.0.lock() else {
+            return false;
+        };
+        match written.get(key) {
+            Some(rv) if Some(rv.as_str()) == cached => {
+                written.remove(key);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The watch delivered `key` at `version` (already in the cache): a status write of this
+    /// process it shows is forgotten, so the written versions are kept only while the watch is
+    /// behind.
+    pub fn seen(&self, key: &RoleKey, version: Option<&str>) {
+        self.behind(key, version);
+    }
+
+    /// Forgets the roles that no longer exist.
+    pub fn retain(&self, exists: impl Fn(&RoleKey) -> bool) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|key, _| exists(key));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_ok_and(|m| m.is_empty())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use kube::runtime::watcher;
+
+    #[test]
+    fn a_status_write_is_remembered_only_until_the_watch_shows_it() {
+        let statuses = StatusWrites::default();
+        let key = &RoleKey::new("testns", "app");
+        statuses.wrote(key.clone(), "101".into());
+        assert!(statuses.behind(key, Some("100")), "the cache predates it");
+        assert!(statuses.behind(key, Some("100")), "still, until it is seen");
+        statuses.seen(key, Some("101"));
+        assert!(statuses.is_empty(), "forgotten");
+        assert!(
+            !statuses.behind(key, Some("102")),
+            "a later version (someone else's) is not behind this process's write"
+        );
+        // The reconcile finds the cache caught up before the watch event is handled.
+        statuses.wrote(key.clone(), "103".into());
+        assert!(!statuses.behind(key, Some("103")));
+        assert!(statuses.is_empty());
+    }
 
     fn secret(rv: &str) -> Secret {
         Secret {

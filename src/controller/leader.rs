@@ -122,6 +122,17 @@ struct Health {
 }
 
 impl Leadership {
+    /// True when this replica may make the write (or STS call) `what` now; otherwise the
+    /// skipped write is counted in `metrics`. The one leadership gate: checked right before
+    /// each STS call and each write.
+    pub fn may_write(&self, metrics: &crate::metrics::Metrics, what: &'static str) -> bool {
+        if self.is_leader() {
+            return true;
+        }
+        metrics.write_skipped("not-leader", what);
+        false
+    }
+
     /// Leadership without election: always the leader.
     pub fn always() -> Self {
         let (tx, claim) = watch::channel(Some(Claim::Always));

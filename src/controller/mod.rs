@@ -252,7 +252,8 @@ fn role_events(
             };
             writer.apply_watcher_event(&event);
             if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = &event {
-                ctx.status_seen(r);
+                ctx.statuses
+                    .seen(&key::RoleKey::of(r), r.metadata.resource_version.as_deref());
             }
             std::future::ready(Ok(match event {
                 watcher::Event::Apply(mut r) | watcher::Event::InitApply(mut r) if changed => {

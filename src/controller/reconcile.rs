@@ -65,7 +65,7 @@ pub fn error_policy(role: Arc<AWSIAMRole>, err: &Error, ctx: Arc<Context>) -> Ac
 #[instrument(skip_all, fields(namespace = role.namespace().unwrap_or_default(), name = role.name_any()))]
 pub async fn reconcile_role(role: &AWSIAMRole, ctx: &Context) -> Result<Action> {
     // Followers only keep their caches warm; every object is reconciled again on takeover.
-    if !ctx.is_leader() || role.meta().deletion_timestamp.is_some() {
+    if !ctx.leader.is_leader() || role.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     // The policy judges from the Namespace cache: at start, wait until it is filled.
@@ -103,7 +103,9 @@ struct Seen<'a> {
 /// Observes the role: as the watch delivered it, or read live when the cache may be behind
 /// this process's own last status write, which a patch on it would conflict with.
 async fn observe_role<'a>(ctx: &Context, role: &'a AWSIAMRole) -> Result<Cow<'a, AWSIAMRole>> {
-    let behind = ctx.status_behind(&RoleKey::of(role), role.resource_version().as_deref());
+    let behind = ctx
+        .statuses
+        .behind(&RoleKey::of(role), role.resource_version().as_deref());
     Ok(match behind || role.resource_version().is_none() {
         true => read_role(ctx, role)
             .await?
@@ -207,7 +209,7 @@ enum Passed {
 /// One pass: decides from `seen` (with the STS call the plan asks for, its answer resolved by
 /// the plan: at most one capped retry, see `plan::Resolution::Chained`) and acts.
 async fn pass(ctx: &Context, seen: &Seen<'_>, answers: &mut Answers) -> Result<Passed> {
-    let base = ctx.base_role_arn();
+    let base = ctx.learned.base_role_arn();
     let policy = ctx.policy.view(&seen.role);
     let obs = observed(ctx, seen, base.as_ref(), &policy);
     let prepared = match plan::decide(&obs) {
@@ -260,7 +262,7 @@ async fn assume(
     ctx: &Context,
     request: IssueRequest,
 ) -> Option<Result<IssuedCredentials, IssueError>> {
-    if !ctx.may_write("sts") {
+    if !ctx.leader.may_write(&ctx.metrics, "sts") {
         return None;
     }
     let started = Instant::now();

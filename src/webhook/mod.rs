@@ -87,7 +87,7 @@ pub fn policy_check(ctx: Arc<crate::controller::Context>) -> PolicyCheck {
     use crate::controller::policy::Judgement;
     use crate::policy::Verdict;
     Arc::new(move |role: &AWSIAMRole| {
-        let base = ctx.base_role_arn();
+        let base = ctx.learned.base_role_arn();
         let arn = crate::aws::arn::resolve(&role.spec.role_reference, base.as_ref()).ok()?;
         match ctx.policy.judge(role, &arn, base.as_ref()) {
             Judgement::Verdict(Verdict::Denied(d)) => Some(d.message),
