@@ -38,6 +38,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use kube_aws_iam_controller::crd::AWSIAMRole;
+use support::bench::{quantile, rss_bytes};
 use support::sts_double::StsDouble;
 use support::{
     BASE_ROLE_ARN, Binary, Env, Launch, env, role, sa_kubeconfig, start_binary_with,
@@ -225,26 +226,6 @@ async fn api_counts(client: &Client) -> ApiCounts {
         .await
         .expect("the API server's /metrics");
     ApiCounts::parse(&text)
-}
-
-fn rss_bytes(bin: &Binary) -> f64 {
-    let status = bin
-        .pid()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib * 1024.0)
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// When each of the namespace's Secrets was first seen, from a metadata-only watch.

@@ -64,6 +64,7 @@ use tokio::net::{TcpListener, TcpStream};
 use kube_aws_iam_controller::crd::AWSIAMRole;
 use kube_aws_iam_controller::webhook;
 use kube_aws_iam_controller::webhook::mutate::ROLE_LABEL;
+use support::bench::{quantile, rss_bytes};
 use support::sts_double::StsDouble;
 use support::{Binary, Env, Launch, env, free_port, role, sa_kubeconfig, start_binary_with};
 
@@ -491,15 +492,6 @@ impl Step {
     }
 }
 
-/// The `q` quantile of sorted values.
-fn quantile(s: &[f64], q: f64) -> f64 {
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((s.len() as f64 - 1.0) * q).round() as usize;
-    s[i.min(s.len() - 1)]
-}
-
 /// Sends admissions at `rate` per second, open loop (each at its planned time whatever the
 /// answers before it took), until `stop` turns true.
 async fn run_load(
@@ -651,18 +643,6 @@ impl Replicas {
         }
         out
     }
-}
-
-fn rss_bytes(bin: &Binary) -> f64 {
-    let status = bin
-        .pid()
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib * 1024.0)
 }
 
 /// The CA that signs now, and whether a rotation is under way (a next or previous CA).
@@ -965,25 +945,17 @@ async fn main() {
     let rss_start: Vec<f64> = (0..2).map(|i| rss_bytes(replicas.bin(i))).collect();
 
     let mut steps = Vec::new();
-    for &rate in &args.rates {
-        let s = step(
-            &format!("{rate}/s"),
-            &load,
-            rate,
-            args.step_secs,
-            &mut replicas,
-            &secrets,
-            nothing,
-        )
-        .await;
-        steps.push(s);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // The API server alone: the same pods where no webhook is called.
-    for &rate in &args.baseline_rates {
+    // The rising rates, then the API server alone: the same pods where no webhook is called.
+    let plain = args.rates.iter().map(|&r| (r, false));
+    let baseline = args.baseline_rates.iter().map(|&r| (r, true));
+    for (rate, alone) in plain.chain(baseline) {
+        let (label, load) = match alone {
+            false => (format!("{rate}/s"), &load),
+            true => (format!("{rate}/s, API server alone"), &baseline_load),
+        };
         let mut s = step(
-            &format!("{rate}/s, API server alone"),
-            &baseline_load,
+            &label,
+            load,
             rate,
             args.step_secs,
             &mut replicas,
@@ -991,7 +963,7 @@ async fn main() {
             nothing,
         )
         .await;
-        s.baseline = true;
+        s.baseline = alone;
         steps.push(s);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -8,13 +8,4 @@
 # every line.
 # Usage: scripts/bench-admission.sh [--rates 25,50,100,200] [--step-secs 20] [... see --help]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-KAIC_CONTROL_PLANE_DIR=$(scripts/build-control-plane.sh)
-KAIC_VENV=$(scripts/python-env.sh)
-export KAIC_CONTROL_PLANE_DIR KAIC_VENV
-image=$(mktemp -d)
-trap 'rm -rf "$image"' EXIT
-scripts/build-image.sh "$image" >/dev/null
-binary="${KAIC_CACHE:-$HOME/.cache/kube-aws-iam-controller}/image-build/target/x86_64-unknown-linux-musl/release/kube-aws-iam-controller"
-cargo build --locked --release --example bench_admission
-KAIC_BINARY="$binary" target/release/examples/bench_admission "$@"
+exec "$(dirname "$0")/run-bench.sh" bench_admission "$@"

@@ -4,28 +4,18 @@
 //! targets that do not depend on the machine's speed: no failed admission in any step, the CA
 //! rotated in its step only, and pods over the webhook's limit refused with its message.
 
-use std::process::Command;
+#[path = "support/example.rs"]
+mod example;
 
 #[test]
 fn the_admission_benchmark_fails_no_admission_at_ten_per_second_and_refuses_oversized_pods_clearly()
 {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["build", "--locked", "--example", "bench_admission"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --example bench_admission");
-    assert!(
-        built.success(),
-        "cargo build --example bench_admission failed"
-    );
-    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/debug/examples/bench_admission");
     // Latency and memory targets are for the release build on an idle machine
     // (scripts/bench-admission.sh): here, a debug build on a shared machine, they are widened;
     // the others are kept.
-    let out = Command::new(&bench)
-        .args([
+    let stdout = example::run_example(
+        "bench_admission",
+        &[
             "--rates=10",
             "--baseline-rates=10",
             "--step-secs=4",
@@ -36,16 +26,7 @@ fn the_admission_benchmark_fails_no_admission_at_ten_per_second_and_refuses_over
             "--rotation-margin-secs=3",
             "--p99-target-ms=10000",
             "--rss-growth-target-mib=512",
-        ])
-        .env("KAIC_BINARY", env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-        .output()
-        .expect("run the benchmark");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the benchmark exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+        ],
     );
     for line in [
         "| measure | target | 10/s | 10/s, API server alone | 10/s, CA rotation | 10/s, leader restarts |",

@@ -3,23 +3,16 @@
 //! targets that do not depend on the machine's speed are met (no LIST in the steady state, the
 //! writes renewals need, renewals exactly as the refresh rule says, no STS call on restart).
 
-use std::process::Command;
+#[path = "support/example.rs"]
+mod example;
 
 #[test]
 fn the_benchmark_prints_its_table_at_twenty_roles_and_meets_the_load_independent_targets() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["build", "--locked", "--example", "bench"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --example bench");
-    assert!(built.success(), "cargo build --example bench failed");
-    let bench =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/bench");
     // Time and memory targets are for the release build on an idle machine (scripts/bench.sh):
     // here, a debug build on a shared machine, they are widened; the others are kept.
-    let out = Command::new(&bench)
-        .args([
+    let stdout = example::run_example(
+        "bench",
+        &[
             "--sizes=20",
             "--p1-samples=5",
             "--min-period-secs=10",
@@ -28,16 +21,7 @@ fn the_benchmark_prints_its_table_at_twenty_roles_and_meets_the_load_independent
             "--p2-target-roles-per-sec=1",
             "--rss-target-mib=512",
             "--p5-tolerance=0.15",
-        ])
-        .env("KAIC_BINARY", env!("CARGO_BIN_EXE_kube-aws-iam-controller"))
-        .output()
-        .expect("run the benchmark");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the benchmark exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+        ],
     );
     for line in [
         "| measure | target | N = 20 |",

@@ -306,28 +306,18 @@ fn webhook_decision(
 ) -> Option<String> {
     let mut object = pod(row, "p");
     let mut operation = "CREATE";
-    let mut sub_resource = Value::Null;
+    let mut sub_resource = None;
     if let Some(containers) = &row.ephemeral {
         object["spec"]["ephemeralContainers"] = containers.clone();
         operation = "UPDATE";
-        sub_resource = json!("ephemeralcontainers");
+        sub_resource = Some("ephemeralcontainers");
     }
-    let review: AdmissionReview<Pod> = serde_json::from_value(json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "subResource": sub_resource,
-            "namespace": ns,
-            "operation": operation,
-            "userInfo": {"username": "alice"},
-            "object": object,
-            "oldObject": null,
-            "dryRun": false
-        }
-    }))
+    let review: AdmissionReview<Pod> = serde_json::from_value(support::admission_review(
+        ns,
+        operation,
+        sub_resource,
+        object,
+    ))
     .expect("review");
     let req: AdmissionRequest<Pod> = review.try_into().expect("request");
     let choice = match row.label {

@@ -20,22 +20,13 @@ use kube_aws_iam_controller::webhook;
 use kube_aws_iam_controller::webhook::mutate::ROLE_LABEL;
 
 fn review() -> String {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice"},
-            "object": {"metadata": {"name": "p", "labels": {ROLE_LABEL: "app"}},
-                       "spec": {"containers": [{"name": "c", "image": "i"}]}},
-            "oldObject": null,
-            "dryRun": false
-        }
-    })
+    support::admission_review(
+        "team",
+        "CREATE",
+        None,
+        json!({"metadata": {"name": "p", "labels": {ROLE_LABEL: "app"}},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
     .to_string()
 }
 

@@ -12,6 +12,32 @@ pub fn data(secret: &Secret, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// An AdmissionReview of a pod as the API server sends it: `operation` on `object` in `ns`, by
+/// user `alice`; `sub_resource` for an ephemeral containers' update.
+pub fn admission_review(
+    ns: &str,
+    operation: &str,
+    sub_resource: Option<&str>,
+    object: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": sub_resource,
+            "namespace": ns,
+            "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false
+        }
+    })
+}
+
 /// An AWSIAMRole object.
 pub fn role(name: &str, reference: &str, duration: i64) -> AWSIAMRole {
     AWSIAMRole::new(

@@ -10,6 +10,7 @@
 #![allow(clippy::zombie_processes)]
 
 pub mod aws;
+pub mod bench;
 pub mod binary;
 pub mod cluster;
 pub mod helm;
