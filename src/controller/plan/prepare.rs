@@ -73,10 +73,6 @@ impl Prepared {
 
 /// Makes `writes` ready to send against `obs` (its role and Secret as observed).
 pub fn prepare(obs: &Observed<'_>, writes: Writes) -> Prepared {
-    let rest = Writes {
-        secret: None,
-        ..writes.clone()
-    };
     let Writes {
         secret,
         status,
@@ -85,6 +81,15 @@ pub fn prepare(obs: &Observed<'_>, writes: Writes) -> Prepared {
         issued,
         policy,
     } = writes;
+    // Kept for `rejudged`: everything but the Secret (its credentials are not copied).
+    let rest = Writes {
+        secret: None,
+        status: status.clone(),
+        events: events.clone(),
+        requeue,
+        issued,
+        policy,
+    };
     let secret = secret.map(|desired| match obs.secret {
         None => SecretWrite::Create(Box::new(desired)),
         Some(current) => SecretWrite::Patch {
