@@ -64,6 +64,12 @@ async fn sts_outage_keeps_the_last_credentials_backs_off_and_recovers() {
     })
     .await;
     let requests_at_failure = sts.total_calls();
+    // The reconcile that wrote the status counts its backoff after its Events: a moment later.
+    wait_for("the role counted in backoff", || async {
+        let metrics = ctl.ctx.metrics.render();
+        (metric(&metrics, "kaic_objects_in_backoff") == 1.0).then_some(())
+    })
+    .await;
     let metrics = ctl.ctx.metrics.render();
     assert_eq!(
         metric(&metrics, "kaic_objects_in_backoff"),

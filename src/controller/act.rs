@@ -33,8 +33,9 @@ pub enum Acted {
     },
 }
 
-/// Carries out `prepared`: the Secret, then the status, then the gauges, the Events and the
-/// requeue ([`finish`]). `changed_meanwhile`: the Secret was changed by someone else right
+/// Carries out `prepared`: the policy gauge, the Secret, the role's gauges, the status, then
+/// the Events and the requeue ([`finish`]); the gauges go first, as the status a reader may see
+/// next says the same. `changed_meanwhile`: the Secret was changed by someone else right
 /// after this reconcile's write (the reconcile then looks again soon).
 pub async fn carry_out(
     ctx: &Context,
@@ -42,6 +43,10 @@ pub async fn carry_out(
     mut prepared: Prepared,
     mut changed_meanwhile: bool,
 ) -> Result<Acted> {
+    let key = RoleKey::of(role);
+    if let Some(state) = prepared.policy.take() {
+        ctx.metrics.policy(&key, state);
+    }
     if let Some(write) = prepared.secret.take() {
         let verb = write.verb();
         match secret(ctx, role, write, &mut changed_meanwhile).await? {
@@ -49,6 +54,9 @@ pub async fn carry_out(
             Written::Skipped => return Ok(Acted::Done(Action::await_change())),
             Written::Conflict(e) => return Ok(Acted::SecretConflict(verb, e)),
         }
+    }
+    if let Some(g) = prepared.gauge.take() {
+        ctx.metrics.role_state(&key, g.ready, g.expiry);
     }
     if let Some(patch) = prepared.status.take()
         && let Written::Conflict(error) = status(ctx, role, &patch).await?
@@ -162,8 +170,7 @@ async fn status(ctx: &Context, role: &AWSIAMRole, patch: &serde_json::Value) -> 
     }
 }
 
-/// The rest of a pass once its writes are done: the gauges, the Events, the log line of an
-/// issue, and the requeue as an `Action`.
+/// The rest of a pass once its writes are done: the Events and the requeue as an `Action`.
 async fn finish(
     ctx: &Context,
     role: &AWSIAMRole,
@@ -171,12 +178,6 @@ async fn finish(
     changed_meanwhile: bool,
 ) -> Action {
     let key = RoleKey::of(role);
-    if let Some(state) = prepared.policy {
-        ctx.metrics.policy(&key, state);
-    }
-    if let Some(g) = prepared.gauge {
-        ctx.metrics.role_state(&key, g.ready, g.expiry);
-    }
     // NOTE: the Events go out after the status write. Sent beside it (tried, to shorten the
     // cold start), `tests/apiserver_restart.rs` failed in both runs: the resumed watch saw no
     // 410 after compaction. Why was not found; in sequence it passes.
